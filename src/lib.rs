@@ -1,2 +1,42 @@
 //! heaprof: Go's `runtime/pprof` for Rust.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod alloc;
+mod buckets;
+mod config;
+mod error;
+mod live;
+mod sampler;
+mod stacktab;
+mod sys;
+mod tables;
+mod tls;
+mod unwind;
+
+pub use alloc::ProfilingAllocator;
+pub use config::DEFAULT_SAMPLE_RATE;
+pub use error::Error;
+
+/// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
+/// sampling off, `1` records every allocation. Each thread switches at its next sample;
+/// samples already taken keep the weight of the rate they were taken at.
+pub fn set_sample_rate(bytes: usize) {
+    config::set_sample_rate(bytes)
+}
+
+/// The sampling rate in force (`HEAPROF_RATE` or [`DEFAULT_SAMPLE_RATE`] until set).
+pub fn sample_rate() -> usize {
+    config::sample_rate()
+}
+
+/// Fixes the sampler's seed so that a run's sampling decisions are reproducible.
+pub fn set_sampler_seed(seed: u64) {
+    config::set_sampler_seed(seed)
+}
+
+/// Chooses the capacity of the stack table and of the heap bucket table. Only before the
+/// first sample; see the crate docs for the memory each slot costs.
+pub fn set_table_capacity(stacks: usize, buckets: usize) -> Result<(), Error> {
+    tables::set_capacity(stacks, buckets)
+}

@@ -1,0 +1,337 @@
+//! [`ProfilingAllocator`]: the `GlobalAlloc` wrapper. The fast path is a thread-local byte
+//! countdown; the slow path samples.
+//!
+//! # Contract
+//! - Unsampled `alloc`: one thread-local load, compare, store, and the inner call.
+//! - Unsampled `dealloc`: pointer arithmetic in registers (see `live`), then the inner call;
+//!   about 1 in 256 glibc frees also reads 32 bytes from the same page.
+//! - Sampled path: capture the stack (before any shared state is touched), intern it,
+//!   allocate a tagged block, count it. Lock-free, never allocates through the global
+//!   allocator; allocations the unwinder makes on first use go to the inner allocator under
+//!   the thread's reentrancy guard.
+//! - Nothing here panics or aborts: a failure (tables refused by the OS, tables full,
+//!   inner allocator out of memory) degrades to "not sampled" or to an overflow counter.
+
+use core::alloc::{GlobalAlloc, Layout};
+use std::alloc::System;
+
+use crate::sampler::{self, Weight};
+use crate::tls::{self, ThreadState};
+use crate::{config, live, tables, unwind};
+
+/// Countdown used while sampling is off, so threads notice a rate change within this many
+/// bytes of allocation.
+const OFF_RECHECK_BYTES: u64 = 16 << 20;
+/// `drawn_rate` marker: the countdown was set while sampling was off.
+const DRAWN_OFF: usize = usize::MAX;
+
+/// A global allocator that samples allocations into heap profiles, forwarding every
+/// request to `A`.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOC: heaprof::ProfilingAllocator = heaprof::ProfilingAllocator::system();
+///
+/// fn main() {
+///     let v: Vec<u64> = (0..1_000_000).collect();
+///     heaprof::write_heap_profile(std::fs::File::create("heap.pb.gz").unwrap()).unwrap();
+///     drop(v);
+/// }
+/// ```
+pub struct ProfilingAllocator<A: GlobalAlloc = System> {
+    inner: A,
+}
+
+impl ProfilingAllocator<System> {
+    /// A profiling allocator over the system allocator (glibc `malloc` on Linux).
+    pub const fn system() -> Self {
+        ProfilingAllocator { inner: System }
+    }
+}
+
+impl<A: GlobalAlloc> ProfilingAllocator<A> {
+    /// A profiling allocator over `inner`; usable in a `static`.
+    pub const fn new(inner: A) -> Self {
+        ProfilingAllocator { inner }
+    }
+
+    /// The wrapped allocator.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+/// What the slow path decided about one allocation.
+enum Decision {
+    /// Not sampled: forward to the inner allocator.
+    Skip,
+    /// Sampled with this weight.
+    Sample(Weight),
+}
+
+/// The countdown expired (or was never set) for an allocation of `size` bytes: decide,
+/// and redraw. Pure thread-local work.
+fn decide(t: &ThreadState, size: usize) -> Decision {
+    let rate = config::sample_rate();
+    let mut drawn = t.drawn_rate.get();
+    let countdown = t.countdown.get();
+    // First visit on this thread, or sampling was off when the countdown was set: start a
+    // fresh interval at the current rate and test this allocation against it.
+    if drawn == 0 || drawn == DRAWN_OFF || rate == 0 {
+        if rate == 0 {
+            t.countdown.set(OFF_RECHECK_BYTES);
+            t.drawn_rate.set(DRAWN_OFF);
+            return Decision::Skip;
+        }
+        let fresh = draw(t, rate);
+        if (size as u64) < fresh {
+            t.countdown.set(fresh - size as u64);
+            t.drawn_rate.set(rate);
+            return Decision::Skip;
+        }
+        drawn = rate;
+    } else if (size as u64) < countdown {
+        // Only reachable via realloc's or alloc_zeroed's path re-checks; not expired.
+        t.countdown.set(countdown - size as u64);
+        return Decision::Skip;
+    }
+    // A sample point falls in this allocation. Its weight uses the rate the interval was
+    // drawn with; the next interval uses the current rate.
+    let w = sampler::weight(size, drawn);
+    t.countdown.set(draw(t, rate));
+    t.drawn_rate.set(rate);
+    Decision::Sample(w)
+}
+
+fn draw(t: &ThreadState, rate: usize) -> u64 {
+    if rate <= 1 {
+        return 0; // every allocation takes the slow path and is sampled
+    }
+    t.with_rng(
+        || {
+            use core::sync::atomic::{AtomicU64, Ordering};
+            static THREADS: AtomicU64 = AtomicU64::new(0);
+            sampler::thread_seed(
+                config::process_seed(),
+                THREADS.fetch_add(1, Ordering::Relaxed),
+            )
+        },
+        |rng| sampler::draw_countdown(rng, rate),
+    )
+}
+
+/// The countdown fast path: true when `size` bytes do not reach the next sample.
+#[inline(always)]
+fn fast_countdown(size: usize) -> bool {
+    tls::with(|t| {
+        let n = t.countdown.get();
+        if (size as u64) < n {
+            t.countdown.set(n - size as u64);
+            true
+        } else {
+            false
+        }
+    })
+}
+
+impl<A: GlobalAlloc> ProfilingAllocator<A> {
+    /// Slow path of `alloc`/`alloc_zeroed`: decide, and record when sampled.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let decision = tls::with(|t| {
+            if t.in_profiler.get() {
+                Decision::Skip
+            } else {
+                decide(t, layout.size())
+            }
+        });
+        match decision {
+            // SAFETY: forwarded with the caller's valid layout.
+            Decision::Skip => unsafe { self.inner_alloc(layout, zeroed) },
+            // SAFETY: as above; `alloc_sampled` upholds the GlobalAlloc contract itself.
+            Decision::Sample(w) => unsafe { self.alloc_sampled(layout, zeroed, w) },
+        }
+    }
+
+    /// # Safety
+    /// `layout` as for `GlobalAlloc::alloc`.
+    #[inline(always)]
+    unsafe fn inner_alloc(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: the caller passes a layout valid for GlobalAlloc.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
+    }
+
+    /// Allocates a sampled block and counts it. Falls back to an unsampled block whenever
+    /// the sample cannot be recorded.
+    ///
+    /// # Safety
+    /// `layout` as for `GlobalAlloc::alloc`.
+    #[inline(never)]
+    unsafe fn alloc_sampled(&self, layout: Layout, zeroed: bool, w: Weight) -> *mut u8 {
+        let _guard = tls::ProfilerGuard::enter();
+        let mut frames = [0usize; unwind::MAX_DEPTH];
+        // Captured first: no shared state is touched yet, so nothing can deadlock here.
+        let depth = unwind::capture(&mut frames);
+        let (Some(t), Some(inner_layout)) = (tables::get(), live::inner_layout(layout)) else {
+            // SAFETY: forwarded with the caller's valid layout.
+            return unsafe { self.inner_alloc(layout, zeroed) };
+        };
+        let over = layout.align() >= live::TAG_PAGE;
+        if over && !live::reserve_overaligned() {
+            // SAFETY: as above.
+            return unsafe { self.inner_alloc(layout, zeroed) };
+        }
+        // SAFETY: `inner_layout` has non-zero size (it adds the tag offset).
+        let base = unsafe { self.inner_alloc(inner_layout, zeroed) };
+        if base.is_null() {
+            if over {
+                live::unreserve_overaligned();
+            }
+            return base; // out of memory: record nothing
+        }
+        let stack = t.stacks.intern(&frames[..depth]);
+        let bucket = t.buckets.find(stack, layout.size() as u64);
+        t.buckets.record_alloc(bucket, layout.size() as u64, w);
+        // SAFETY: `base` is a fresh inner block of `inner_layout`; the reservation for an
+        // over-aligned layout was made above.
+        unsafe { live::tag(base, layout, bucket, w) }
+    }
+
+    /// If `ptr` is a sampled block, counts its free, releases it and returns true.
+    ///
+    /// # Safety
+    /// `ptr`/`layout` as for `GlobalAlloc::dealloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout) -> bool {
+        // SAFETY: the caller's contract: `ptr` is live and was allocated with `layout`.
+        let Some((h, base)) = (unsafe { live::lookup(ptr, layout, true) }) else {
+            return false;
+        };
+        if let Some(t) = tables::get_if_created() {
+            t.buckets.record_free(
+                h.bucket,
+                layout.size() as u64,
+                Weight {
+                    objects_fp: h.objects_fp,
+                    bytes: h.bytes_w,
+                },
+            );
+        }
+        let inner_layout = live::inner_layout(layout)
+            .expect("a sampled block's layout fitted when it was allocated");
+        // SAFETY: `base` is the inner block `tag` was given, allocated with `inner_layout`.
+        unsafe { self.inner.dealloc(base, inner_layout) };
+        true
+    }
+
+    /// Whether `dealloc` must look closer at `ptr`.
+    #[inline(always)]
+    fn needs_lookup(ptr: *mut u8, layout: Layout) -> bool {
+        live::may_be_tagged(ptr, layout.align())
+            || (layout.align() >= live::TAG_PAGE && live::overaligned_live())
+    }
+
+    /// realloc's slow path: a sampled block is involved (old, new or both), so move.
+    ///
+    /// # Safety
+    /// As for `GlobalAlloc::realloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_slow(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        decide_new: bool,
+    ) -> *mut u8 {
+        // SAFETY: the caller guarantees a valid (size, align) pair for new_size.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let decision = if decide_new {
+            tls::with(|t| {
+                if t.in_profiler.get() {
+                    Decision::Skip
+                } else {
+                    decide(t, new_size)
+                }
+            })
+        } else {
+            Decision::Skip
+        };
+        // SAFETY: ptr/layout per the caller's contract.
+        let old_sampled = Self::needs_lookup(ptr, layout)
+            && unsafe { live::lookup(ptr, layout, false) }.is_some();
+        let new = match decision {
+            // SAFETY: the caller's contract; realloc keeps the block on failure.
+            Decision::Skip if !old_sampled => {
+                return unsafe { self.inner.realloc(ptr, layout, new_size) }
+            }
+            // SAFETY: new_layout is valid and non-zero-sized per realloc's contract.
+            Decision::Skip => unsafe { self.inner.alloc(new_layout) },
+            // SAFETY: as above.
+            Decision::Sample(w) => unsafe { self.alloc_sampled(new_layout, false, w) },
+        };
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least min(old, new) bytes long.
+            unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            // SAFETY: `ptr` is live with `layout` and no longer used.
+            unsafe { self.dealloc(ptr, layout) };
+        }
+        new
+    }
+}
+
+// SAFETY: every method forwards to `A`'s method of the same contract, either with the
+// caller's layout or, for sampled blocks, with `live::inner_layout(layout)` whose block
+// contains [base + offset, base + offset + size) at the requested alignment; each sampled
+// block is freed with the same inner layout it was allocated with (recomputed from the
+// same `layout` the caller passes to dealloc).
+unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if fast_countdown(layout.size()) {
+            // SAFETY: forwarded unchanged.
+            return unsafe { self.inner.alloc(layout) };
+        }
+        // SAFETY: forwarded unchanged.
+        unsafe { self.alloc_slow(layout, false) }
+    }
+
+    #[inline(always)]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if fast_countdown(layout.size()) {
+            // SAFETY: forwarded unchanged.
+            return unsafe { self.inner.alloc_zeroed(layout) };
+        }
+        // SAFETY: forwarded unchanged.
+        unsafe { self.alloc_slow(layout, true) }
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded under the caller's contract.
+        if Self::needs_lookup(ptr, layout) && unsafe { self.dealloc_sampled(ptr, layout) } {
+            return;
+        }
+        // SAFETY: not a sampled block, so it came from `inner` with this layout.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let expired = !fast_countdown(new_size);
+        if !expired && !Self::needs_lookup(ptr, layout) {
+            // SAFETY: neither block is sampled: forwarded unchanged.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
+        }
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.realloc_slow(ptr, layout, new_size, expired) }
+    }
+}

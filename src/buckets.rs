@@ -1,0 +1,244 @@
+//! Heap buckets: per (stack, allocation size) counters of sampled allocations and frees.
+//!
+//! Keyed like Go's memory profile records, so one record holds one object size and the
+//! legacy text format's rescaling (by average size) is exact. Each bucket also accumulates
+//! the per-sample unbiasing weights (see `sampler`), fixed when the sample was taken, which
+//! the protobuf profile reports. Fixed capacity, lock-free, allocation-free, written by the
+//! allocator's sampled path (allocs) and by `dealloc` of sampled blocks (frees); read by the
+//! heap profile writer. Same claim/publish protocol as `stacktab`. When no bucket can be
+//! had, counts go to [`OVERFLOW_BUCKET`], whose stack is the overflow pseudo-stack.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::sampler::Weight;
+use crate::stacktab::OVERFLOW_STACK;
+
+/// Bucket that absorbs samples no bucket could be found for.
+pub const OVERFLOW_BUCKET: u32 = 0;
+const WRITING: u64 = 1;
+const MAX_PROBES: usize = 256;
+
+/// One bucket. All counters only grow; in-use = alloc − free.
+#[repr(C)]
+pub struct Bucket {
+    key: AtomicU64,
+    stack: AtomicU32,
+    size: AtomicU64,
+    alloc_count: AtomicU64,
+    alloc_bytes: AtomicU64,
+    free_count: AtomicU64,
+    free_bytes: AtomicU64,
+    alloc_objects_w: AtomicU64,
+    alloc_bytes_w: AtomicU64,
+    free_objects_w: AtomicU64,
+    free_bytes_w: AtomicU64,
+}
+
+/// Bytes one bucket occupies (for the documented memory cost).
+pub const BUCKET_BYTES: usize = core::mem::size_of::<Bucket>();
+
+/// A consistent-enough copy of one bucket for writers (counters read one by one; a
+/// concurrent free can make `free_*` lead `alloc_*` by that free, never more).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSnapshot {
+    /// Stack id in the stack table.
+    pub stack: u32,
+    /// Object size in bytes (0 for the overflow bucket, which mixes sizes).
+    pub size: u64,
+    /// Sampled allocations (raw count).
+    pub alloc_count: u64,
+    /// Bytes of sampled allocations (raw).
+    pub alloc_bytes: u64,
+    /// Sampled allocations since freed (raw count).
+    pub free_count: u64,
+    /// Bytes of those frees (raw).
+    pub free_bytes: u64,
+    /// Estimated allocated objects, fixed point (see `sampler::OBJECT_WEIGHT_ONE`).
+    pub alloc_objects_w: u64,
+    /// Estimated allocated bytes.
+    pub alloc_bytes_w: u64,
+    /// Estimated freed objects, fixed point.
+    pub free_objects_w: u64,
+    /// Estimated freed bytes.
+    pub free_bytes_w: u64,
+}
+
+/// The fixed bucket table.
+pub struct BucketTable {
+    buckets: &'static [Bucket],
+    overflowed: AtomicU64,
+}
+
+fn hash_key(stack: u32, size: u64) -> u64 {
+    let mut h = (stack as u64) << 32 ^ size.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h | 2
+}
+
+impl BucketTable {
+    /// Builds a table over zeroed buckets (`buckets[0]` is the overflow bucket).
+    pub fn new(buckets: &'static [Bucket]) -> Self {
+        assert!(
+            buckets.len() >= 2,
+            "a bucket table needs the overflow bucket and one more"
+        );
+        buckets[0].stack.store(OVERFLOW_STACK, Ordering::Relaxed);
+        BucketTable {
+            buckets,
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    /// Finds or creates the bucket of (`stack`, `size`); [`OVERFLOW_BUCKET`] when full.
+    pub fn find(&self, stack: u32, size: u64) -> u32 {
+        let key = hash_key(stack, size);
+        let usable = self.buckets.len() - 1;
+        let start = (key as usize >> 2) % usable;
+        for probe in 0..MAX_PROBES.min(usable) {
+            let idx = 1 + (start + probe) % usable;
+            let b = &self.buckets[idx];
+            let k = b.key.load(Ordering::Acquire);
+            if k == key
+                && b.stack.load(Ordering::Relaxed) == stack
+                && b.size.load(Ordering::Relaxed) == size
+            {
+                return idx as u32;
+            }
+            if k == 0
+                && b.key
+                    .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                b.stack.store(stack, Ordering::Relaxed);
+                b.size.store(size, Ordering::Relaxed);
+                b.key.store(key, Ordering::Release);
+                return idx as u32;
+            }
+        }
+        self.overflowed.fetch_add(1, Ordering::Relaxed);
+        OVERFLOW_BUCKET
+    }
+
+    /// Counts one sampled allocation of `size` bytes with weight `w` in bucket `id`.
+    pub fn record_alloc(&self, id: u32, size: u64, w: Weight) {
+        let b = &self.buckets[id as usize];
+        b.alloc_count.fetch_add(1, Ordering::Relaxed);
+        b.alloc_bytes.fetch_add(size, Ordering::Relaxed);
+        b.alloc_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
+        b.alloc_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
+    }
+
+    /// Counts the free of a block recorded by [`record_alloc`](Self::record_alloc) with the
+    /// same `id`, `size` and `w`. Ids come from block headers; an out-of-range id (a header
+    /// that cannot be ours) is ignored.
+    pub fn record_free(&self, id: u32, size: u64, w: Weight) {
+        let Some(b) = self.buckets.get(id as usize) else {
+            return;
+        };
+        b.free_count.fetch_add(1, Ordering::Relaxed);
+        b.free_bytes.fetch_add(size, Ordering::Relaxed);
+        b.free_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
+        b.free_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
+    }
+
+    /// Copies every bucket that has counted anything, overflow bucket included.
+    pub fn snapshot(&self) -> Vec<BucketSnapshot> {
+        let mut out = Vec::new();
+        for (idx, b) in self.buckets.iter().enumerate() {
+            let k = b.key.load(Ordering::Acquire);
+            if idx != OVERFLOW_BUCKET as usize && k <= WRITING {
+                continue;
+            }
+            let s = BucketSnapshot {
+                stack: b.stack.load(Ordering::Relaxed),
+                size: b.size.load(Ordering::Relaxed),
+                alloc_count: b.alloc_count.load(Ordering::Relaxed),
+                alloc_bytes: b.alloc_bytes.load(Ordering::Relaxed),
+                free_count: b.free_count.load(Ordering::Relaxed),
+                free_bytes: b.free_bytes.load(Ordering::Relaxed),
+                alloc_objects_w: b.alloc_objects_w.load(Ordering::Relaxed),
+                alloc_bytes_w: b.alloc_bytes_w.load(Ordering::Relaxed),
+                free_objects_w: b.free_objects_w.load(Ordering::Relaxed),
+                free_bytes_w: b.free_bytes_w.load(Ordering::Relaxed),
+            };
+            if s.alloc_count > 0 || s.free_count > 0 {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Buckets in use (overflow excluded).
+    pub fn used(&self) -> usize {
+        self.buckets[1..]
+            .iter()
+            .filter(|b| b.key.load(Ordering::Relaxed) > WRITING)
+            .count()
+    }
+
+    /// Total buckets, the overflow bucket excluded.
+    pub fn capacity(&self) -> usize {
+        self.buckets.len() - 1
+    }
+
+    /// Samples that found no bucket and were counted in [`OVERFLOW_BUCKET`].
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::OBJECT_WEIGHT_ONE;
+    use crate::stacktab::tests::leak_slots;
+
+    const W: Weight = Weight {
+        objects_fp: OBJECT_WEIGHT_ONE,
+        bytes: 100,
+    };
+
+    #[test]
+    fn keyed_by_stack_and_size() {
+        let t = BucketTable::new(leak_slots(16));
+        let a = t.find(3, 100);
+        assert_eq!(t.find(3, 100), a);
+        assert_ne!(t.find(3, 200), a);
+        assert_ne!(t.find(4, 100), a);
+        t.record_alloc(a, 100, W);
+        t.record_alloc(a, 100, W);
+        t.record_free(a, 100, W);
+        let s: Vec<_> = t
+            .snapshot()
+            .into_iter()
+            .filter(|s| s.stack == 3 && s.size == 100)
+            .collect();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (
+                s[0].alloc_count,
+                s[0].alloc_bytes,
+                s[0].free_count,
+                s[0].free_bytes
+            ),
+            (2, 200, 1, 100)
+        );
+        assert_eq!(s[0].alloc_objects_w, 2 * OBJECT_WEIGHT_ONE);
+        assert_eq!(s[0].free_bytes_w, 100);
+    }
+
+    #[test]
+    fn full_table_uses_overflow_bucket() {
+        let t = BucketTable::new(leak_slots(3));
+        let ids: Vec<u32> = (0..5).map(|i| t.find(1, i)).collect();
+        assert_eq!(ids.iter().filter(|&&i| i == OVERFLOW_BUCKET).count(), 3);
+        assert_eq!(t.overflowed(), 3);
+        t.record_alloc(OVERFLOW_BUCKET, 7, W);
+        assert!(t
+            .snapshot()
+            .iter()
+            .any(|s| s.stack == OVERFLOW_STACK && s.alloc_count == 1));
+        t.record_free(9999, 1, W); // ignored, no panic
+    }
+}

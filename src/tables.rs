@@ -1,0 +1,85 @@
+//! The process-wide recording tables (stacks and heap buckets), created once on the first
+//! sample from memory mapped straight from the OS.
+//!
+//! Capacities are fixed at creation: [`set_table_capacity`](crate::set_table_capacity)
+//! before the first sample chooses them. Costs (virtual; pages become resident as slots
+//! are first used): a stack slot is [`stacktab::SLOT_BYTES`] (528 B), a bucket
+//! [`buckets::BUCKET_BYTES`] (88 B). Defaults: 16 384 stacks (8.3 MiB) and 65 536 buckets
+//! (5.5 MiB).
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::buckets::{Bucket, BucketTable};
+use crate::error::Error;
+use crate::stacktab::{StackSlot, StackTable};
+use crate::sys;
+
+/// Default number of distinct stacks.
+pub const DEFAULT_STACKS: usize = 16 * 1024;
+/// Default number of (stack, size) heap buckets.
+pub const DEFAULT_BUCKETS: usize = 64 * 1024;
+const MAX_CAPACITY: usize = 1 << 26;
+
+static STACKS: AtomicUsize = AtomicUsize::new(DEFAULT_STACKS);
+static BUCKETS: AtomicUsize = AtomicUsize::new(DEFAULT_BUCKETS);
+
+/// The recording tables.
+pub struct Tables {
+    /// Distinct stacks of sampled events.
+    pub stacks: StackTable,
+    /// Heap counters per (stack, size).
+    pub buckets: BucketTable,
+}
+
+static TABLES: spin::Once<Option<Tables>> = spin::Once::new();
+
+fn map_slice<T>(n: usize) -> Option<&'static [T]> {
+    let p = sys::map_zeroed(n.checked_mul(core::mem::size_of::<T>())?);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the mapping is page-aligned (enough for T), zeroed and n·size_of::<T>()
+    // bytes long; T is a struct of atomics, for which all-zero bytes are valid. The
+    // mapping is never unmapped, so 'static holds.
+    Some(unsafe { core::slice::from_raw_parts(p.cast::<T>(), n) })
+}
+
+/// The tables, created on first call; `None` if the OS refused the memory (the allocator
+/// then stops sampling; nothing else breaks). Never allocates.
+pub fn get() -> Option<&'static Tables> {
+    TABLES
+        .call_once(|| {
+            let stacks = map_slice::<StackSlot>(STACKS.load(Ordering::Relaxed) + 1)?;
+            let buckets = map_slice::<Bucket>(BUCKETS.load(Ordering::Relaxed) + 1)?;
+            crate::live::init_secret();
+            Some(Tables {
+                stacks: StackTable::new(stacks),
+                buckets: BucketTable::new(buckets),
+            })
+        })
+        .as_ref()
+}
+
+/// The tables if they exist already (writers never create them).
+pub fn get_if_created() -> Option<&'static Tables> {
+    TABLES.get().and_then(|t| t.as_ref())
+}
+
+/// Chooses table capacities; only before the tables exist (before the first sample).
+pub fn set_capacity(stacks: usize, buckets: usize) -> Result<(), Error> {
+    for (what, n) in [("stacks", stacks), ("buckets", buckets)] {
+        if !(1..=MAX_CAPACITY).contains(&n) {
+            return Err(Error::InvalidConfig(format!(
+                "table capacity {what} = {n}: must be 1..={MAX_CAPACITY}"
+            )));
+        }
+    }
+    if TABLES.is_completed() {
+        return Err(Error::InvalidConfig(
+            "table capacity can only be set before the first sample; set the rate to 0 until it is configured, or call set_table_capacity first thing in main".into(),
+        ));
+    }
+    STACKS.store(stacks, Ordering::Relaxed);
+    BUCKETS.store(buckets, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Per-thread state of the allocator: the byte countdown, the sampler's generator and the
+//! reentrancy guard.
+//!
+//! Every value here has a `const` initializer and no destructor, so `thread_local!` compiles
+//! to a plain `#[thread_local]` slot: no lazy registration, no `Drop`, and access stays valid
+//! while and after the thread's other TLS destructors run (rust-lang/rust#116390 is what
+//! happens otherwise). Called from `GlobalAlloc` methods only.
+
+use core::cell::{Cell, UnsafeCell};
+use rand::rngs::SmallRng;
+
+/// The allocator's per-thread record.
+pub struct ThreadState {
+    /// Bytes still to allocate before the next sample. Invariant: 0 until the thread's
+    /// first slow-path visit (so the first allocation always takes the slow path and seeds
+    /// the generator) and while the rate is 1 (every allocation is sampled).
+    pub countdown: Cell<u64>,
+    /// The rate the current countdown was drawn with: the weight of the sample it ends.
+    pub drawn_rate: Cell<usize>,
+    /// True while this thread runs profiler code that may allocate (stack capture,
+    /// symbolization, profile writing): such allocations go straight to the inner allocator.
+    pub in_profiler: Cell<bool>,
+    /// The thread's generator; `None` until first use.
+    rng: UnsafeCell<Option<SmallRng>>,
+}
+
+thread_local! {
+    static STATE: ThreadState = const {
+        ThreadState {
+            countdown: Cell::new(0),
+            drawn_rate: Cell::new(0),
+            in_profiler: Cell::new(false),
+            rng: UnsafeCell::new(None),
+        }
+    };
+}
+
+/// Runs `f` with this thread's state. Never fails: const, drop-free TLS is always there.
+#[inline(always)]
+pub fn with<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
+    STATE.with(f)
+}
+
+impl ThreadState {
+    /// Gives `f` the thread's generator, creating it with `seed()` on first use.
+    pub fn with_rng<R>(&self, seed: impl FnOnce() -> u64, f: impl FnOnce(&mut SmallRng) -> R) -> R {
+        // SAFETY: the cell is only reached through this method, which is not reentrant:
+        // `f` is the sampler's pure draw and never allocates or calls back here, and the
+        // state is thread-local, so no other reference to the cell's content exists now.
+        let slot = unsafe { &mut *self.rng.get() };
+        let rng = slot.get_or_insert_with(|| crate::sampler::new_rng(seed()));
+        f(rng)
+    }
+}
+
+/// Marks this thread as inside the profiler until dropped; allocations made meanwhile are
+/// neither sampled nor counted down. Nests: an inner guard leaves the outer one in force.
+pub struct ProfilerGuard {
+    was_inside: bool,
+}
+
+impl ProfilerGuard {
+    /// Enters the profiler on this thread.
+    pub fn enter() -> Self {
+        let was_inside = with(|s| s.in_profiler.replace(true));
+        ProfilerGuard { was_inside }
+    }
+
+    /// Whether the thread was already inside the profiler when this guard was made.
+    pub fn was_inside(&self) -> bool {
+        self.was_inside
+    }
+}
+
+impl Drop for ProfilerGuard {
+    fn drop(&mut self) {
+        let was = self.was_inside;
+        with(|s| s.in_profiler.set(was));
+    }
+}
