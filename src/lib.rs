@@ -6,9 +6,13 @@ mod alloc;
 mod buckets;
 mod config;
 mod error;
+mod heap;
 mod live;
+mod pprof;
+mod profile;
 mod sampler;
 mod stacktab;
+mod symbolize;
 mod sys;
 mod tables;
 mod tls;
@@ -17,6 +21,7 @@ mod unwind;
 pub use alloc::ProfilingAllocator;
 pub use config::DEFAULT_SAMPLE_RATE;
 pub use error::Error;
+pub use profile::{lookup, profiles, write_heap_profile, Profile};
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
 /// sampling off, `1` records every allocation. Each thread switches at its next sample;

@@ -1,0 +1,231 @@
+//! The `heap` and `allocs` profiles: a snapshot of the bucket table turned into pprof
+//! samples (`debug = 0`) or Go's legacy heap text (`debug = 1`).
+//!
+//! Called by profile writers only, under the thread's profiler guard (its allocations are
+//! not sampled). It reads the tables lock-free; the allocator keeps running meanwhile.
+//!
+//! The snapshot is *now*: in-use = sampled allocations − sampled frees, each weighted by
+//! the inverse of its sampling probability fixed when it was taken (see `sampler`). Go
+//! reports the state at the last GC; we have no GC and see every free.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use crate::buckets::BucketSnapshot;
+use crate::pprof::builder::{Label, ProfileBuilder};
+use crate::pprof::text::{self, HeapRecord};
+use crate::sampler::OBJECT_WEIGHT_ONE;
+use crate::stacktab::OVERFLOW_STACK;
+use crate::symbolize::Symbolizer;
+use crate::{config, live, sys, tables, tls};
+
+/// Name of the pseudo-function that stands for samples whose stack or bucket did not fit.
+pub const OVERFLOW_FRAME: &str = "heaprof::table_overflow";
+
+/// Stands for overflowed samples in the legacy text, which needs a real address: the
+/// text names this function's address (+1, as a return address would be).
+#[inline(never)]
+pub fn table_overflow() {
+    std::hint::black_box(OVERFLOW_FRAME);
+}
+
+/// Which view of the heap data to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeapView {
+    /// Default sample type `inuse_space` (Go's `heap`).
+    InUse,
+    /// Default sample type `alloc_space` (Go's `allocs`).
+    Allocs,
+}
+
+/// One record of the snapshot: a stack (empty for the overflow pseudo-stack), one object
+/// size, and its counters merged over duplicate stack ids.
+struct Record {
+    stack: Vec<usize>,
+    overflow: bool,
+    c: BucketSnapshot,
+}
+
+/// Table usage and loss counters, shown in both formats.
+struct Stats {
+    stacks_used: usize,
+    stacks_capacity: usize,
+    stacks_overflowed: u64,
+    buckets_used: usize,
+    buckets_capacity: usize,
+    buckets_overflowed: u64,
+    overaligned_skipped: u64,
+}
+
+impl Stats {
+    fn lines(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("heaprof.sample_rate", config::sample_rate().to_string()),
+            ("heaprof.stacks", format!("{} of {}", self.stacks_used, self.stacks_capacity)),
+            ("heaprof.stacks_overflowed", self.stacks_overflowed.to_string()),
+            ("heaprof.buckets", format!("{} of {}", self.buckets_used, self.buckets_capacity)),
+            ("heaprof.buckets_overflowed", self.buckets_overflowed.to_string()),
+            ("heaprof.overaligned_unsampled", self.overaligned_skipped.to_string()),
+        ]
+    }
+}
+
+fn snapshot() -> (Vec<Record>, Stats) {
+    let mut stats = Stats {
+        stacks_used: 0,
+        stacks_capacity: 0,
+        stacks_overflowed: 0,
+        buckets_used: 0,
+        buckets_capacity: 0,
+        buckets_overflowed: 0,
+        overaligned_skipped: live::overaligned_skipped(),
+    };
+    let Some(t) = tables::get_if_created() else { return (Vec::new(), stats) };
+    stats.stacks_used = t.stacks.used();
+    stats.stacks_capacity = t.stacks.capacity();
+    stats.stacks_overflowed = t.stacks.overflowed();
+    stats.buckets_used = t.buckets.used();
+    stats.buckets_capacity = t.buckets.capacity();
+    stats.buckets_overflowed = t.buckets.overflowed();
+
+    // Merge buckets whose stacks are identical (a race can give one stack two ids).
+    let mut merged: HashMap<(Vec<usize>, bool, u64), BucketSnapshot> = HashMap::new();
+    let mut frames = Vec::new();
+    for b in t.buckets.snapshot() {
+        let overflow = b.stack == OVERFLOW_STACK || !t.stacks.read(b.stack, &mut frames);
+        if overflow {
+            frames.clear();
+        }
+        let size = if overflow { 0 } else { b.size };
+        let e = merged.entry((frames.clone(), overflow, size)).or_default();
+        e.size = size;
+        e.alloc_count += b.alloc_count;
+        e.alloc_bytes += b.alloc_bytes;
+        e.free_count += b.free_count;
+        e.free_bytes += b.free_bytes;
+        e.alloc_objects_w += b.alloc_objects_w;
+        e.alloc_bytes_w += b.alloc_bytes_w;
+        e.free_objects_w += b.free_objects_w;
+        e.free_bytes_w += b.free_bytes_w;
+    }
+    let mut records: Vec<Record> =
+        merged.into_iter().map(|((stack, overflow, _), c)| Record { stack, overflow, c }).collect();
+    // Deterministic order: largest in-use first, then by stack.
+    records.sort_by(|a, b| {
+        let ia = a.c.alloc_bytes_w.saturating_sub(a.c.free_bytes_w);
+        let ib = b.c.alloc_bytes_w.saturating_sub(b.c.free_bytes_w);
+        ib.cmp(&ia).then_with(|| a.stack.cmp(&b.stack)).then(a.c.size.cmp(&b.c.size))
+    });
+    (records, stats)
+}
+
+/// Leading (leaf-side) frames that belong to the allocation machinery rather than to the
+/// code that asked for memory: heaprof itself, the `__rust_alloc` shims, and the standard
+/// library's allocation plumbing. Stripped so the top frame is the allocating function.
+pub fn is_allocator_frame(name: &str) -> bool {
+    let name = name.strip_prefix('<').unwrap_or(name);
+    const PREFIXES: &[&str] = &[
+        "heaprof::",
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rust_dealloc",
+        "__rust_alloc_zeroed",
+        "__rdl_",
+        "__rg_",
+        "alloc::alloc::",
+        "alloc::raw_vec::",
+        "std::alloc::",
+        "core::alloc::",
+        "std::sys::alloc::",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+fn fixed_to_count(v: u64) -> i64 {
+    ((v + OBJECT_WEIGHT_ONE / 2) / OBJECT_WEIGHT_ONE) as i64
+}
+
+/// Writes the heap profile as gzip-compressed pprof protobuf.
+pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
+    let _guard = tls::ProfilerGuard::enter();
+    let (records, stats) = snapshot();
+    let rate = config::sample_rate();
+    let mut b = ProfileBuilder::new(
+        &[("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_objects", "count"), ("inuse_space", "bytes")],
+        ("space", "bytes"),
+        rate as i64,
+    );
+    b.set_time_nanos(sys::now_unix_nanos());
+    b.set_trim_leading(is_allocator_frame);
+    if view == HeapView::Allocs {
+        b.set_default_sample_type("alloc_space");
+    }
+    for (k, v) in stats.lines() {
+        b.add_comment(&format!("{k}: {v}"));
+    }
+    for r in &records {
+        let c = &r.c;
+        let values = [
+            fixed_to_count(c.alloc_objects_w),
+            c.alloc_bytes_w as i64,
+            fixed_to_count(c.alloc_objects_w.saturating_sub(c.free_objects_w)),
+            c.alloc_bytes_w.saturating_sub(c.free_bytes_w) as i64,
+        ];
+        if r.overflow {
+            b.add_pseudo_sample(OVERFLOW_FRAME, &values, &[]);
+            continue;
+        }
+        let labels = [Label::Num { key: "bytes".into(), value: c.size as i64, unit: None }];
+        b.add_sample(&r.stack, false, &values, if c.size > 0 { &labels } else { &[] });
+    }
+    b.write_gzip(w)
+}
+
+/// Writes the heap profile as Go's legacy text (`debug = 1`): raw sampled counts, which
+/// pprof rescales with the `heap/2R` header (exact, since each record has one size).
+pub fn write_text<W: Write>(w: W) -> io::Result<()> {
+    let _guard = tls::ProfilerGuard::enter();
+    let (records, stats) = snapshot();
+    let overflow_stack = [table_overflow as fn() as usize + 1];
+    let rows: Vec<HeapRecord> = records
+        .iter()
+        .map(|r| HeapRecord {
+            inuse_objects: r.c.alloc_count.saturating_sub(r.c.free_count) as i64,
+            inuse_bytes: r.c.alloc_bytes.saturating_sub(r.c.free_bytes) as i64,
+            alloc_objects: r.c.alloc_count as i64,
+            alloc_bytes: r.c.alloc_bytes as i64,
+            stack: if r.overflow { &overflow_stack } else { &r.stack },
+        })
+        .collect();
+    let lines = stats.lines();
+    let stat_refs: Vec<(&str, String)> = lines.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let mut sym = Symbolizer::new();
+    text::write_heap_text(w, config::sample_rate() as u64, &rows, &stat_refs, &mut sym, Some(is_allocator_frame))
+}
+
+/// Number of heap records (Go's `Count()` for heap and allocs).
+pub fn record_count() -> usize {
+    let _guard = tls::ProfilerGuard::enter();
+    snapshot().0.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_frames_are_recognised() {
+        for n in [
+            "heaprof::alloc::ProfilingAllocator<A>::alloc_sampled",
+            "<heaprof::alloc::ProfilingAllocator<A> as core::alloc::global::GlobalAlloc>::alloc",
+            "__rust_alloc",
+            "alloc::raw_vec::RawVecInner<A>::finish_grow",
+            "alloc::alloc::exchange_malloc",
+        ] {
+            assert!(is_allocator_frame(n), "{n}");
+        }
+        for n in ["quickstart::make_strings", "alloc::string::String::push_str", "main"] {
+            assert!(!is_allocator_frame(n), "{n}");
+        }
+    }
+}
