@@ -61,11 +61,26 @@ impl Stats {
     fn lines(&self) -> Vec<(&'static str, String)> {
         vec![
             ("heaprof.sample_rate", config::sample_rate().to_string()),
-            ("heaprof.stacks", format!("{} of {}", self.stacks_used, self.stacks_capacity)),
-            ("heaprof.stacks_overflowed", self.stacks_overflowed.to_string()),
-            ("heaprof.buckets", format!("{} of {}", self.buckets_used, self.buckets_capacity)),
-            ("heaprof.buckets_overflowed", self.buckets_overflowed.to_string()),
-            ("heaprof.overaligned_unsampled", self.overaligned_skipped.to_string()),
+            (
+                "heaprof.stacks",
+                format!("{} of {}", self.stacks_used, self.stacks_capacity),
+            ),
+            (
+                "heaprof.stacks_overflowed",
+                self.stacks_overflowed.to_string(),
+            ),
+            (
+                "heaprof.buckets",
+                format!("{} of {}", self.buckets_used, self.buckets_capacity),
+            ),
+            (
+                "heaprof.buckets_overflowed",
+                self.buckets_overflowed.to_string(),
+            ),
+            (
+                "heaprof.overaligned_unsampled",
+                self.overaligned_skipped.to_string(),
+            ),
         ]
     }
 }
@@ -80,7 +95,9 @@ fn snapshot() -> (Vec<Record>, Stats) {
         buckets_overflowed: 0,
         overaligned_skipped: live::overaligned_skipped(),
     };
-    let Some(t) = tables::get_if_created() else { return (Vec::new(), stats) };
+    let Some(t) = tables::get_if_created() else {
+        return (Vec::new(), stats);
+    };
     stats.stacks_used = t.stacks.used();
     stats.stacks_capacity = t.stacks.capacity();
     stats.stacks_overflowed = t.stacks.overflowed();
@@ -108,13 +125,17 @@ fn snapshot() -> (Vec<Record>, Stats) {
         e.free_objects_w += b.free_objects_w;
         e.free_bytes_w += b.free_bytes_w;
     }
-    let mut records: Vec<Record> =
-        merged.into_iter().map(|((stack, overflow, _), c)| Record { stack, overflow, c }).collect();
+    let mut records: Vec<Record> = merged
+        .into_iter()
+        .map(|((stack, overflow, _), c)| Record { stack, overflow, c })
+        .collect();
     // Deterministic order: largest in-use first, then by stack.
     records.sort_by(|a, b| {
         let ia = a.c.alloc_bytes_w.saturating_sub(a.c.free_bytes_w);
         let ib = b.c.alloc_bytes_w.saturating_sub(b.c.free_bytes_w);
-        ib.cmp(&ia).then_with(|| a.stack.cmp(&b.stack)).then(a.c.size.cmp(&b.c.size))
+        ib.cmp(&ia)
+            .then_with(|| a.stack.cmp(&b.stack))
+            .then(a.c.size.cmp(&b.c.size))
     });
     (records, stats)
 }
@@ -151,7 +172,12 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
     let (records, stats) = snapshot();
     let rate = config::sample_rate();
     let mut b = ProfileBuilder::new(
-        &[("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_objects", "count"), ("inuse_space", "bytes")],
+        &[
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes"),
+        ],
         ("space", "bytes"),
         rate as i64,
     );
@@ -175,8 +201,17 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
             b.add_pseudo_sample(OVERFLOW_FRAME, &values, &[]);
             continue;
         }
-        let labels = [Label::Num { key: "bytes".into(), value: c.size as i64, unit: None }];
-        b.add_sample(&r.stack, false, &values, if c.size > 0 { &labels } else { &[] });
+        let labels = [Label::Num {
+            key: "bytes".into(),
+            value: c.size as i64,
+            unit: None,
+        }];
+        b.add_sample(
+            &r.stack,
+            false,
+            &values,
+            if c.size > 0 { &labels } else { &[] },
+        );
     }
     b.write_gzip(w)
 }
@@ -194,13 +229,24 @@ pub fn write_text<W: Write>(w: W) -> io::Result<()> {
             inuse_bytes: r.c.alloc_bytes.saturating_sub(r.c.free_bytes) as i64,
             alloc_objects: r.c.alloc_count as i64,
             alloc_bytes: r.c.alloc_bytes as i64,
-            stack: if r.overflow { &overflow_stack } else { &r.stack },
+            stack: if r.overflow {
+                &overflow_stack
+            } else {
+                &r.stack
+            },
         })
         .collect();
     let lines = stats.lines();
     let stat_refs: Vec<(&str, String)> = lines.iter().map(|(k, v)| (*k, v.clone())).collect();
     let mut sym = Symbolizer::new();
-    text::write_heap_text(w, config::sample_rate() as u64, &rows, &stat_refs, &mut sym, Some(is_allocator_frame))
+    text::write_heap_text(
+        w,
+        config::sample_rate() as u64,
+        &rows,
+        &stat_refs,
+        &mut sym,
+        Some(is_allocator_frame),
+    )
 }
 
 /// Number of heap records (Go's `Count()` for heap and allocs).
@@ -224,7 +270,11 @@ mod tests {
         ] {
             assert!(is_allocator_frame(n), "{n}");
         }
-        for n in ["quickstart::make_strings", "alloc::string::String::push_str", "main"] {
+        for n in [
+            "quickstart::make_strings",
+            "alloc::string::String::push_str",
+            "main",
+        ] {
             assert!(!is_allocator_frame(n), "{n}");
         }
     }

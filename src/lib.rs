@@ -45,3 +45,12 @@ pub fn set_sampler_seed(seed: u64) {
 pub fn set_table_capacity(stacks: usize, buckets: usize) -> Result<(), Error> {
     tables::set_capacity(stacks, buckets)
 }
+
+/// Internals re-exported for the crate's own integration tests (`tests/`). Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::pprof::builder::{Label, ProfileBuilder};
+    pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
+    pub use crate::pprof::{elf, maps, proto};
+    pub use crate::symbolize::{SymFrame, Symbolizer};
+}

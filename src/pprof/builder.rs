@@ -1,0 +1,493 @@
+//! Turns raw stacks and values into a `perftools.profiles.Profile`: string interning, ids,
+//! symbolized and deduplicated locations, mappings from `/proc/self/maps` with build IDs.
+//!
+//! Called by the heap, CPU and count profile writers (after they copied their data out of any
+//! lock); knows no profile kinds. Never called from the allocator or a signal handler: it
+//! allocates, symbolizes and reads files.
+//!
+//! Semantics (reference §1, §6): `string_table[0] = ""`; ids are 1..n in first-use order;
+//! every sample has exactly `len(sample_type)` values; `mapping[0]` is the main executable;
+//! a location's `address` is the looked-up PC (return address − 1 for callers, as Go stores
+//! it) and its `mapping_id` the first mapping containing it (0 if none); lines are innermost
+//! first; `Function{name: demangled, system_name: raw, filename}`. Locations are deduplicated
+//! by address — more precisely by (address, inlined lines trimmed), which differs only when
+//! leading-frame trimming cuts into an inlined PC. Mapping flags are set per flag: a mapping's
+//! `has_functions` iff every location in it has named frames, `has_filenames` iff every frame
+//! has a file, `has_line_numbers` iff every frame has a line, `has_inline_frames` iff both of
+//! the last two (inlines come from DWARF). A mapping no location uses gets all four (vacuously
+//! true), so pprof never goes looking for its file. Samples keep the caller's order.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use super::maps::MapEntry;
+use super::proto;
+use crate::symbolize::{SymFrame, Symbolizer};
+
+/// A sample label: a string, or a number with an optional unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Label {
+    /// `{key, str}`.
+    Str {
+        /// Label key.
+        key: String,
+        /// Label value.
+        value: String,
+    },
+    /// `{key, num, num_unit}`.
+    Num {
+        /// Label key.
+        key: String,
+        /// Label value.
+        value: i64,
+        /// Unit; `None` lets pprof infer it from the key.
+        unit: Option<String>,
+    },
+}
+
+struct RawSample {
+    /// PCs to look up as is (already adjusted), leaf first; unused for pseudo samples.
+    pcs: Vec<usize>,
+    /// Name of the single pseudo frame, for [`ProfileBuilder::add_pseudo_sample`].
+    pseudo: Option<String>,
+    values: Vec<i64>,
+    labels: Vec<Label>,
+}
+
+/// Builds one profile. Cheap to fill; all the work happens in [`ProfileBuilder::build`].
+pub struct ProfileBuilder {
+    sample_types: Vec<(String, String)>,
+    period_type: (String, String),
+    period: i64,
+    time_nanos: i64,
+    duration_nanos: i64,
+    comments: Vec<String>,
+    default_sample_type: Option<String>,
+    drop_frames: Option<String>,
+    trim_leading: Option<fn(&str) -> bool>,
+    samples: Vec<RawSample>,
+}
+
+impl ProfileBuilder {
+    /// A profile with these `(type, unit)` sample types, period type and period. `time_nanos`
+    /// starts as now.
+    pub fn new(sample_types: &[(&str, &str)], period_type: (&str, &str), period: i64) -> Self {
+        let time_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        ProfileBuilder {
+            sample_types: sample_types
+                .iter()
+                .map(|&(t, u)| (t.into(), u.into()))
+                .collect(),
+            period_type: (period_type.0.into(), period_type.1.into()),
+            period,
+            time_nanos,
+            duration_nanos: 0,
+            comments: Vec::new(),
+            default_sample_type: None,
+            drop_frames: None,
+            trim_leading: None,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Collection time, ns since the Unix epoch.
+    pub fn set_time_nanos(&mut self, t: i64) {
+        self.time_nanos = t;
+    }
+
+    /// Collection duration in ns (Go sets it for CPU profiles and `seconds=N` deltas).
+    pub fn set_duration_nanos(&mut self, d: i64) {
+        self.duration_nanos = d;
+    }
+
+    /// A human-readable comment.
+    pub fn add_comment(&mut self, c: &str) {
+        self.comments.push(c.into());
+    }
+
+    /// The sample type readers show by default (e.g. `alloc_space` for `allocs`).
+    pub fn set_default_sample_type(&mut self, t: &str) {
+        self.default_sample_type = Some(t.into());
+    }
+
+    /// `drop_frames` regex (pprof anchors it); a backstop for allocator internals.
+    pub fn set_drop_frames(&mut self, re: &str) {
+        self.drop_frames = Some(re.into());
+    }
+
+    /// Drop leading (leaf-side) frames whose demangled function name satisfies `pred`, unless
+    /// that would remove every frame (like Go strips `runtime.*`). Applies per inlined line
+    /// too; an unresolved PC stops the trimming.
+    pub fn set_trim_leading(&mut self, pred: fn(&str) -> bool) {
+        self.trim_leading = Some(pred);
+    }
+
+    /// Adds a sample. `stack` is leaf first; all entries are return addresses (looked up as
+    /// addr − 1), except `stack[0]` when `leaf_is_pc` (CPU samples: looked up as is). `values`
+    /// is padded with zeros or cut to `len(sample_type)` so the profile stays valid.
+    pub fn add_sample(
+        &mut self,
+        stack: &[usize],
+        leaf_is_pc: bool,
+        values: &[i64],
+        labels: &[Label],
+    ) {
+        let pcs = stack
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                if i == 0 && leaf_is_pc {
+                    a
+                } else {
+                    a.wrapping_sub(1)
+                }
+            })
+            .collect();
+        self.push(RawSample {
+            pcs,
+            pseudo: None,
+            values: values.to_vec(),
+            labels: labels.to_vec(),
+        });
+    }
+
+    /// A sample whose only frame is the pseudo function `name` (e.g.
+    /// `"heaprof::stack_table_overflow"`): a location with address 0 and no mapping.
+    pub fn add_pseudo_sample(&mut self, name: &str, values: &[i64], labels: &[Label]) {
+        self.push(RawSample {
+            pcs: Vec::new(),
+            pseudo: Some(name.into()),
+            values: values.to_vec(),
+            labels: labels.to_vec(),
+        });
+    }
+
+    fn push(&mut self, mut s: RawSample) {
+        s.values.resize(self.sample_types.len(), 0);
+        self.samples.push(s);
+    }
+
+    /// Symbolizes and assembles the profile with a fresh [`Symbolizer`].
+    pub fn build(self) -> proto::Profile {
+        self.build_with(&mut Symbolizer::new())
+    }
+
+    /// Like [`ProfileBuilder::build`], reusing `sym` (and its cache).
+    pub fn build_with(self, sym: &mut Symbolizer) -> proto::Profile {
+        Assembler::new(sym).run(self)
+    }
+
+    /// Builds and writes gzip-compressed protobuf (flate2, fastest level, as Go's BestSpeed).
+    pub fn write_gzip<W: Write>(self, w: W) -> io::Result<()> {
+        let bytes = self.build().encode_to_vec();
+        let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
+        gz.write_all(&bytes)?;
+        gz.finish()?.flush()
+    }
+}
+
+/// Number of leading frames of `stack` (per PC, per inlined frame; innermost first) that
+/// `pred` trims, or 0 if it would trim all of them. Shared with the text writers.
+pub(crate) fn leading_trim(frames: &[&[SymFrame]], pred: Option<fn(&str) -> bool>) -> usize {
+    let Some(pred) = pred else { return 0 };
+    let mut n = 0;
+    let mut total = 0;
+    let mut stopped = false;
+    for fs in frames {
+        if fs.is_empty() {
+            // An unresolved PC counts as one frame that does not match.
+            stopped = true;
+            total += 1;
+            continue;
+        }
+        for f in fs.iter() {
+            total += 1;
+            if !stopped && pred(&f.name) {
+                n += 1;
+            } else {
+                stopped = true;
+            }
+        }
+    }
+    if n == total {
+        0
+    } else {
+        n
+    }
+}
+
+/// Splits a flat trim count into (whole PCs dropped, inlined frames dropped from the next PC).
+pub(crate) fn split_trim(frames: &[&[SymFrame]], mut n: usize) -> (usize, usize) {
+    let mut pcs = 0;
+    for fs in frames {
+        let len = fs.len().max(1);
+        if n < len {
+            return (pcs, n);
+        }
+        n -= len;
+        pcs += 1;
+    }
+    (pcs, 0)
+}
+
+#[derive(Clone, Copy)]
+struct Flags {
+    functions: bool,
+    filenames: bool,
+    lines: bool,
+}
+
+struct Assembler<'s> {
+    sym: &'s mut Symbolizer,
+    strings: Vec<String>,
+    string_ids: HashMap<String, i64>,
+    maps: Vec<MapEntry>,
+    flags: Vec<Flags>,
+    functions: Vec<proto::Function>,
+    function_ids: HashMap<(String, String, String), u64>,
+    locations: Vec<proto::Location>,
+    location_ids: HashMap<(usize, usize), u64>,
+    pseudo_ids: HashMap<String, u64>,
+}
+
+impl<'s> Assembler<'s> {
+    fn new(sym: &'s mut Symbolizer) -> Self {
+        let mut maps = sym.maps().to_vec();
+        // mapping[0] must be the main executable: move its entries first, order otherwise kept.
+        if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+            let exe = exe.to_string_lossy().into_owned();
+            maps.sort_by_key(|m| m.path != exe);
+        }
+        let flags = vec![
+            Flags {
+                functions: true,
+                filenames: true,
+                lines: true
+            };
+            maps.len().max(1)
+        ];
+        Assembler {
+            sym,
+            strings: vec![String::new()],
+            string_ids: HashMap::from([(String::new(), 0)]),
+            maps,
+            flags,
+            functions: Vec::new(),
+            function_ids: HashMap::new(),
+            locations: Vec::new(),
+            location_ids: HashMap::new(),
+            pseudo_ids: HashMap::new(),
+        }
+    }
+
+    fn s(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.string_ids.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as i64;
+        self.strings.push(s.to_string());
+        self.string_ids.insert(s.to_string(), i);
+        i
+    }
+
+    fn value_type(&mut self, (t, u): &(String, String)) -> proto::ValueType {
+        proto::ValueType {
+            r#type: self.s(t),
+            unit: self.s(u),
+        }
+    }
+
+    fn function(&mut self, name: &str, system_name: &str, file: &str) -> u64 {
+        let key = (name.to_string(), system_name.to_string(), file.to_string());
+        if let Some(&id) = self.function_ids.get(&key) {
+            return id;
+        }
+        let id = self.functions.len() as u64 + 1;
+        let f = proto::Function {
+            id,
+            name: self.s(name),
+            system_name: self.s(system_name),
+            filename: self.s(file),
+            start_line: 0,
+        };
+        self.functions.push(f);
+        self.function_ids.insert(key, id);
+        id
+    }
+
+    /// Index into `maps`/`flags` of the mapping holding `pc`; with no maps at all, the single
+    /// fake mapping 0.
+    fn mapping_index(&self, pc: usize) -> Option<usize> {
+        if self.maps.is_empty() {
+            return Some(0);
+        }
+        self.maps.iter().position(|m| m.contains(pc as u64))
+    }
+
+    fn location(&mut self, pc: usize, frames: &[SymFrame], skip: usize) -> u64 {
+        if let Some(&id) = self.location_ids.get(&(pc, skip)) {
+            return id;
+        }
+        let mi = self.mapping_index(pc);
+        if let Some(mi) = mi {
+            let f = &mut self.flags[mi];
+            f.functions &= !frames.is_empty() && frames.iter().all(|x| !x.name.is_empty());
+            f.filenames &= !frames.is_empty() && frames.iter().all(|x| x.file.is_some());
+            f.lines &= !frames.is_empty() && frames.iter().all(|x| x.line > 0);
+        }
+        let line = frames[skip.min(frames.len())..]
+            .iter()
+            .map(|f| proto::Line {
+                function_id: self.function(
+                    &f.name,
+                    &f.system_name,
+                    f.file.as_deref().unwrap_or(""),
+                ),
+                line: i64::from(f.line),
+                column: 0,
+            })
+            .collect();
+        let id = self.locations.len() as u64 + 1;
+        self.locations.push(proto::Location {
+            id,
+            mapping_id: mi.map_or(0, |i| i as u64 + 1),
+            address: pc as u64,
+            line,
+            is_folded: false,
+        });
+        self.location_ids.insert((pc, skip), id);
+        id
+    }
+
+    fn pseudo_location(&mut self, name: &str) -> u64 {
+        if let Some(&id) = self.pseudo_ids.get(name) {
+            return id;
+        }
+        let function_id = self.function(name, name, "");
+        let id = self.locations.len() as u64 + 1;
+        self.locations.push(proto::Location {
+            id,
+            mapping_id: 0,
+            address: 0,
+            line: vec![proto::Line {
+                function_id,
+                line: 0,
+                column: 0,
+            }],
+            is_folded: false,
+        });
+        self.pseudo_ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn label(&mut self, l: &Label) -> proto::Label {
+        match l {
+            Label::Str { key, value } => proto::Label {
+                key: self.s(key),
+                str: self.s(value),
+                num: 0,
+                num_unit: 0,
+            },
+            Label::Num { key, value, unit } => proto::Label {
+                key: self.s(key),
+                str: 0,
+                num: *value,
+                num_unit: unit.as_deref().map_or(0, |u| self.s(u)),
+            },
+        }
+    }
+
+    fn run(mut self, b: ProfileBuilder) -> proto::Profile {
+        let sample_type = b.sample_types.iter().map(|t| self.value_type(t)).collect();
+        let period_type = Some(self.value_type(&b.period_type));
+        let mut samples = Vec::with_capacity(b.samples.len());
+        for raw in &b.samples {
+            let location_id = match &raw.pseudo {
+                Some(name) => vec![self.pseudo_location(name)],
+                None => {
+                    let frames: Vec<Vec<SymFrame>> = raw
+                        .pcs
+                        .iter()
+                        .map(|&pc| self.sym.resolve(pc).to_vec())
+                        .collect();
+                    let refs: Vec<&[SymFrame]> = frames.iter().map(Vec::as_slice).collect();
+                    let (drop_pcs, skip) = split_trim(&refs, leading_trim(&refs, b.trim_leading));
+                    (drop_pcs..raw.pcs.len())
+                        .map(|i| {
+                            let skip = if i == drop_pcs { skip } else { 0 };
+                            self.location(raw.pcs[i], &frames[i], skip)
+                        })
+                        .collect()
+                }
+            };
+            let label = raw.labels.iter().map(|l| self.label(l)).collect();
+            samples.push(proto::Sample {
+                location_id,
+                value: raw.values.clone(),
+                label,
+            });
+        }
+
+        let mut mapping = Vec::with_capacity(self.flags.len());
+        let maps = std::mem::take(&mut self.maps);
+        if maps.is_empty() {
+            // No maps file: one fake all-zero mapping covers every location (as Go does).
+            let f = self.flags[0];
+            mapping.push(proto::Mapping {
+                id: 1,
+                has_functions: f.functions,
+                has_filenames: f.filenames,
+                has_line_numbers: f.lines,
+                has_inline_frames: f.filenames && f.lines,
+                ..Default::default()
+            });
+        }
+        for (i, m) in maps.iter().enumerate() {
+            let f = self.flags[i];
+            let build_id = if m.is_file() {
+                self.sym.build_id(&m.path)
+            } else {
+                String::new()
+            };
+            mapping.push(proto::Mapping {
+                id: i as u64 + 1,
+                memory_start: m.start,
+                memory_limit: m.limit,
+                file_offset: m.offset,
+                filename: self.s(&m.path),
+                build_id: self.s(&build_id),
+                has_functions: f.functions,
+                has_filenames: f.filenames,
+                has_line_numbers: f.lines,
+                has_inline_frames: f.filenames && f.lines,
+            });
+        }
+
+        let comment = b.comments.iter().map(|c| self.s(c)).collect();
+        let default_sample_type = b.default_sample_type.as_deref().map_or(0, |t| self.s(t));
+        let drop_frames = b.drop_frames.as_deref().map_or(0, |t| self.s(t));
+        proto::Profile {
+            sample_type,
+            sample: samples,
+            mapping,
+            location: self.locations,
+            function: self.functions,
+            string_table: self.strings,
+            drop_frames,
+            keep_frames: 0,
+            time_nanos: b.time_nanos,
+            duration_nanos: b.duration_nanos,
+            period_type,
+            period: b.period,
+            comment,
+            default_sample_type,
+            doc_url: 0,
+        }
+    }
+}
