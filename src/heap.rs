@@ -142,24 +142,36 @@ fn snapshot() -> (Vec<Record>, Stats) {
 
 /// Leading (leaf-side) frames that belong to the allocation machinery rather than to the
 /// code that asked for memory: heaprof itself, the `__rust_alloc` shims, and the standard
-/// library's allocation plumbing. Stripped so the top frame is the allocating function.
+/// library's collections and allocation plumbing (`alloc::`, `core::`, hashbrown — what
+/// Go's `runtime.*` allocation frames are to Go). Stripped so the top frame is the
+/// allocating function; a stack made only of such frames is kept whole.
 pub fn is_allocator_frame(name: &str) -> bool {
-    let name = name.strip_prefix('<').unwrap_or(name);
     const PREFIXES: &[&str] = &[
         "heaprof::",
+        "__rustc::",
         "__rust_alloc",
         "__rust_realloc",
-        "__rust_dealloc",
         "__rust_alloc_zeroed",
         "__rdl_",
         "__rg_",
-        "alloc::alloc::",
-        "alloc::raw_vec::",
+        "alloc::",
+        "core::",
+        "hashbrown::",
         "std::alloc::",
-        "core::alloc::",
         "std::sys::alloc::",
+        "std::collections::",
     ];
-    PREFIXES.iter().any(|p| name.starts_with(p))
+    let matches = |n: &str| PREFIXES.iter().any(|p| n.starts_with(p));
+    match name.strip_prefix('<') {
+        // `<Type as Trait>::method`: machinery if either side is.
+        Some(qualified) => {
+            let (ty, tr) = qualified.split_once(" as ").unwrap_or((qualified, ""));
+            // A generic receiver (`<T as alloc::…>`) is judged by its trait; a concrete
+            // type by its own path, so user impls of core traits stay.
+            matches(ty) || (!ty.contains("::") && matches(tr))
+        }
+        None => matches(name),
+    }
 }
 
 fn fixed_to_count(v: u64) -> i64 {
@@ -264,15 +276,19 @@ mod tests {
         for n in [
             "heaprof::alloc::ProfilingAllocator<A>::alloc_sampled",
             "<heaprof::alloc::ProfilingAllocator<A> as core::alloc::global::GlobalAlloc>::alloc",
+            "__rustc::__rust_alloc",
             "__rust_alloc",
             "alloc::raw_vec::RawVecInner<A>::finish_grow",
             "alloc::alloc::exchange_malloc",
+            "alloc::string::String::push_str",
+            "<T as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
         ] {
             assert!(is_allocator_frame(n), "{n}");
         }
         for n in [
             "quickstart::make_strings",
-            "alloc::string::String::push_str",
+            "<quickstart::Cache as core::default::Default>::default",
             "main",
         ] {
             assert!(!is_allocator_frame(n), "{n}");
