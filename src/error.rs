@@ -14,6 +14,8 @@ pub enum Error {
     DuplicateKey(String),
     /// `try_add` on a predefined profile, which only heaprof feeds.
     PredefinedProfile(String),
+    /// Input that should be a pprof profile is not one (says which way it is not).
+    InvalidProfile(String),
     /// Writing a profile failed.
     Io(std::io::Error),
 }
@@ -30,6 +32,7 @@ impl fmt::Display for Error {
                     "profile {p:?} is predefined: heaprof records it, add/remove are not allowed"
                 )
             }
+            Error::InvalidProfile(m) => write!(f, "invalid profile: {m}"),
             Error::Io(e) => write!(f, "writing profile: {e}"),
         }
     }

@@ -10,6 +10,7 @@ mod heap;
 mod live;
 mod pprof;
 mod profile;
+mod report;
 mod sampler;
 mod stacktab;
 mod symbolize;
@@ -22,6 +23,7 @@ pub use alloc::ProfilingAllocator;
 pub use config::DEFAULT_SAMPLE_RATE;
 pub use error::Error;
 pub use profile::{lookup, profiles, write_heap_profile, Profile};
+pub use report::top_table;
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
 /// sampling off, `1` records every allocation. Each thread switches at its next sample;

@@ -83,3 +83,13 @@ pub fn set_capacity(stacks: usize, buckets: usize) -> Result<(), Error> {
     BUCKETS.store(buckets, Ordering::Relaxed);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn documented_slot_sizes_hold() {
+        // The README and the module doc quote these figures.
+        assert_eq!(crate::stacktab::SLOT_BYTES, 528);
+        assert_eq!(crate::buckets::BUCKET_BYTES, 88);
+    }
+}

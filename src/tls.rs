@@ -65,11 +65,6 @@ impl ProfilerGuard {
         let was_inside = with(|s| s.in_profiler.replace(true));
         ProfilerGuard { was_inside }
     }
-
-    /// Whether the thread was already inside the profiler when this guard was made.
-    pub fn was_inside(&self) -> bool {
-        self.was_inside
-    }
 }
 
 impl Drop for ProfilerGuard {
