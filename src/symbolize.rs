@@ -71,7 +71,8 @@ impl Symbolizer {
             .unwrap_or_default()
     }
 
-    fn elf(&mut self, path: &str) -> Option<&ElfInfo> {
+    /// The parsed ELF file at `path` (cached), `None` if unreadable.
+    pub fn elf(&mut self, path: &str) -> Option<&ElfInfo> {
         self.elves
             .entry(path.to_string())
             .or_insert_with(|| elf::read_elf(Path::new(path)).ok())

@@ -23,6 +23,7 @@ const SHT_NOTE: u32 = 7;
 const SHT_DYNSYM: u32 = 11;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
 const NT_GNU_BUILD_ID: u32 = 3;
 const STT_FUNC: u8 = 2;
 /// Refuse symbol tables larger than this (a corrupt header must not make us allocate GBs).
@@ -33,8 +34,8 @@ const MAX_TABLE_BYTES: u64 = 512 << 20;
 pub struct ElfInfo {
     /// GNU build ID bytes, if present.
     pub build_id: Option<Vec<u8>>,
-    /// `PT_LOAD` segments: (file offset, vaddr, file size).
-    loads: Vec<(u64, u64, u64)>,
+    /// `PT_LOAD` segments: (file offset, vaddr, file size, executable).
+    loads: Vec<(u64, u64, u64, bool)>,
     /// Function symbols (value, size), sorted by value, deduplicated.
     funcs: Vec<(u64, u64)>,
 }
@@ -49,8 +50,13 @@ impl ElfInfo {
     pub fn file_offset_to_svma(&self, off: u64) -> Option<u64> {
         self.loads
             .iter()
-            .find(|&&(o, _, sz)| o <= off && off < o + sz)
-            .map(|&(o, v, _)| v + (off - o))
+            .find(|&&(o, _, sz, _)| o <= off && off < o + sz)
+            .map(|&(o, v, _, _)| v + (off - o))
+    }
+
+    /// File offset of the first executable `PT_LOAD` segment, if any.
+    pub fn first_exec_segment_offset(&self) -> Option<u64> {
+        self.loads.iter().find(|l| l.3).map(|l| l.0)
     }
 
     /// Start (svma) of the function symbol containing `svma`, if the symbol table has one.
@@ -187,17 +193,23 @@ impl Reader {
             let ph = self.bytes(phoff, phentsize * phnum)?;
             for e in ph.chunks_exact(phentsize as usize) {
                 let kind = self.u32(e, 0);
-                let (off, vaddr, filesz) = if self.is64 {
-                    (self.u64(e, 8), self.u64(e, 16), self.u64(e, 32))
+                let (off, vaddr, filesz, flags) = if self.is64 {
+                    (
+                        self.u64(e, 8),
+                        self.u64(e, 16),
+                        self.u64(e, 32),
+                        self.u32(e, 4),
+                    )
                 } else {
                     (
                         u64::from(self.u32(e, 4)),
                         u64::from(self.u32(e, 8)),
                         u64::from(self.u32(e, 16)),
+                        self.u32(e, 24),
                     )
                 };
                 match kind {
-                    PT_LOAD => info.loads.push((off, vaddr, filesz)),
+                    PT_LOAD => info.loads.push((off, vaddr, filesz, flags & PF_X != 0)),
                     PT_NOTE => notes.push((off, filesz)),
                     _ => {}
                 }

@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::builder::{leading_trim, split_trim};
+use super::maps::MapEntry;
 use crate::symbolize::{SymFrame, Symbolizer};
 
 /// One count-profile entry group: `count` entries with this stack (return addresses, leaf
@@ -91,10 +92,40 @@ fn render(stack: &[usize], sym: &mut Symbolizer, trim: Option<fn(&str) -> bool>)
 
 fn write_memory_map<W: Write>(w: &mut W, sym: &mut Symbolizer) -> io::Result<()> {
     writeln!(w, "\n--- Memory map: ---")?;
-    for m in sym.maps() {
-        writeln!(w, "{}", m.raw)?;
+    for m in sym.maps().to_vec() {
+        writeln!(w, "{}", map_line(&m, sym))?;
     }
     Ok(())
+}
+
+/// The `/proc/self/maps` line written for `m`.
+///
+/// If the mapping starts before its file's first executable `PT_LOAD` segment (lld, Rust's
+/// default linker, puts that segment at a file offset that is not page aligned, and the
+/// kernel maps from the page boundary below it), the line is started at the segment's first
+/// byte instead: same file, same address ↔ offset correspondence, a sub-range that still holds
+/// all the code. Reason: Go's `go tool pprof` (cmd/pprof's own object reader) symbolizes with
+/// base = start − vaddr of the first executable `PT_LOAD`, ignoring the offset, and would be
+/// off by (segment offset mod page size); google/pprof derives the same base from either line.
+fn map_line(m: &MapEntry, sym: &mut Symbolizer) -> String {
+    let seg = if m.is_file() {
+        sym.elf(&m.path).and_then(|e| e.first_exec_segment_offset())
+    } else {
+        None
+    };
+    match seg {
+        Some(seg) if m.offset < seg && seg - m.offset < m.limit - m.start => format!(
+            "{:x}-{:x} {} {:08x} {} {} {}",
+            m.start + (seg - m.offset),
+            m.limit,
+            m.perms,
+            seg,
+            m.dev,
+            m.inode,
+            m.path
+        ),
+        _ => m.raw.clone(),
+    }
 }
 
 /// Writes a count profile (threadcreate, custom) as `debug=1` text:
