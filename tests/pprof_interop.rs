@@ -25,12 +25,19 @@ fn capture() -> Vec<usize> {
 
 #[inline(never)]
 fn interop_alpha() -> Vec<usize> {
-    std::hint::black_box(capture())
+    // Distinct bodies, so release builds cannot fold the two functions into one.
+    let mut v = capture();
+    v.push(std::hint::black_box(0xa1));
+    v.pop();
+    v
 }
 
 #[inline(never)]
 fn interop_beta() -> Vec<usize> {
-    std::hint::black_box(capture())
+    let mut v = capture();
+    v.push(std::hint::black_box(0xb2));
+    v.pop();
+    v
 }
 
 /// Hide backtrace's frames and our `capture` helper, as the profile writers hide allocator

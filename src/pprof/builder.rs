@@ -192,28 +192,27 @@ impl ProfileBuilder {
     }
 }
 
-/// Number of leading frames of `stack` (per PC, per inlined frame; innermost first) that
-/// `pred` trims, or 0 if it would trim all of them. Shared with the text writers.
+/// Number of leading frames of `frames` (per PC, innermost inlined frame first) that `pred`
+/// trims, or 0 if it would trim all of them. Shared with the text writers.
+///
+/// Leaf-first, per PC: if the PC's real (outermost) function matches, the whole PC goes, with
+/// everything inlined into it (Go's per-PC rule: what an internal function inlined, it called);
+/// otherwise its leading inlined frames that match go, and trimming stops there. An unresolved
+/// PC stops trimming. The outermost name is the symbol table's full name even under
+/// `debug = "line-tables-only"`, where DWARF names inlined frames unqualified (`trace`), so the
+/// per-PC rule is the reliable one in release builds.
 pub(crate) fn leading_trim(frames: &[&[SymFrame]], pred: Option<fn(&str) -> bool>) -> usize {
     let Some(pred) = pred else { return 0 };
+    let total: usize = frames.iter().map(|fs| fs.len().max(1)).sum();
     let mut n = 0;
-    let mut total = 0;
-    let mut stopped = false;
     for fs in frames {
-        if fs.is_empty() {
-            // An unresolved PC counts as one frame that does not match.
-            stopped = true;
-            total += 1;
+        let Some(outer) = fs.last() else { break };
+        if pred(&outer.name) {
+            n += fs.len();
             continue;
         }
-        for f in fs.iter() {
-            total += 1;
-            if !stopped && pred(&f.name) {
-                n += 1;
-            } else {
-                stopped = true;
-            }
-        }
+        n += fs.iter().take_while(|f| pred(&f.name)).count();
+        break;
     }
     if n == total {
         0
@@ -724,28 +723,34 @@ mod tests {
 
     #[test]
     fn trim_counts_inlined_frames() {
-        // PC0: [alloc::inner (inlined), heaprof::x]; PC1: [user (inlined), alloc::y]; PC2: [].
-        let pc0 = vec![frame("alloc::inner"), frame("heaprof::x")];
-        let pc1 = vec![frame("user"), frame("alloc::y")];
-        let refs: Vec<&[SymFrame]> = vec![&pc0, &pc1, &[]];
         let pred: fn(&str) -> bool = |n| n.starts_with("alloc::") || n.starts_with("heaprof::");
-        assert_eq!(leading_trim(&refs, Some(pred)), 2);
-        assert_eq!(split_trim(&refs, 2), (1, 0));
-        let refs2: Vec<&[SymFrame]> = vec![&pc1[1..], &pc1];
-        assert_eq!(leading_trim(&refs2, Some(pred)), 1);
-        let pc3 = vec![frame("alloc::a"), frame("user2")];
-        let refs3: Vec<&[SymFrame]> = vec![&pc3];
+        // Outermost matches: the whole PC goes, inlined frames included (even non-matching).
+        let internal = vec![frame("alloc::inner"), frame("heaprof::x")];
+        let callback = vec![frame("user_cb"), frame("heaprof::y")];
+        // Outermost does not match: only its leading matching inlined frames go.
+        let user = vec![
+            frame("alloc::a"),
+            frame("user2"),
+            frame("alloc::b"),
+            frame("main"),
+        ];
+        let refs: Vec<&[SymFrame]> = vec![&internal, &callback, &user, &[]];
+        assert_eq!(leading_trim(&refs, Some(pred)), 5);
+        assert_eq!(split_trim(&refs, 5), (2, 1), "cuts into an inlined PC");
+        let refs: Vec<&[SymFrame]> = vec![&user[1..], &internal];
         assert_eq!(
-            split_trim(&refs3, leading_trim(&refs3, Some(pred))),
-            (0, 1),
-            "cuts into an inlined PC"
+            leading_trim(&refs, Some(pred)),
+            0,
+            "stops at the first non-matching frame"
         );
-        let only: Vec<&[SymFrame]> = vec![&pc0];
+        let only: Vec<&[SymFrame]> = vec![&internal, &callback];
         assert_eq!(leading_trim(&only, Some(pred)), 0, "all would go: keep all");
         assert_eq!(leading_trim(&refs, None), 0);
         // An unresolved PC stops trimming.
-        let refs4: Vec<&[SymFrame]> = vec![&[], &pc0];
-        assert_eq!(leading_trim(&refs4, Some(pred)), 0);
+        let unresolved: Vec<&[SymFrame]> = vec![&[], &internal, &user];
+        assert_eq!(leading_trim(&unresolved, Some(pred)), 0);
+        let refs: Vec<&[SymFrame]> = vec![&internal, &[], &user];
+        assert_eq!(split_trim(&refs, leading_trim(&refs, Some(pred))), (1, 0));
     }
 
     #[test]

@@ -319,13 +319,22 @@ mod tests {
         // The empty stack got the pseudo frame.
         assert_eq!(samples[1], format!("4 @ {:#x}", empty_stack_addr()));
         assert!(text.contains("\theaprof::pprof::text::empty_stack_event+0x"));
-        // Trimmed: the first address is our function's return address, not backtrace's.
-        let first_comment = text.lines().find(|l| l.starts_with("#\t")).unwrap();
+        // Trimmed: the first address is in our function, not in backtrace's.
+        let first = samples[0].split(' ').nth(2).unwrap();
+        let pc = format!("{:#x}", usize::from_str_radix(&first[2..], 16).unwrap() - 1);
+        let block: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with(&format!("#\t{pc}\t")))
+            .collect();
         assert!(
-            first_comment.contains("text::tests::text_test_leaf+0x"),
-            "{first_comment}"
+            block
+                .last()
+                .unwrap()
+                .contains("text::tests::text_test_leaf+0x"),
+            "{block:?}"
         );
-        assert!(first_comment.contains("text.rs:"));
+        assert!(block.last().unwrap().contains("text.rs:"));
         assert!(!text.contains("\tbacktrace::"));
         // Every non-sample line before the map is a comment or blank.
         let body = text.split("--- Memory map: ---").next().unwrap();
@@ -406,5 +415,33 @@ mod tests {
             text.contains("\tbacktrace::"),
             "no trim without a predicate"
         );
+    }
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn exe_map_line_starts_at_first_exec_segment_and_keeps_the_correspondence() {
+        let mut sym = Symbolizer::new();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let exe = exe.to_str().unwrap();
+        let m = sym.maps().iter().find(|m| m.path == exe).unwrap().clone();
+        let seg = sym.elf(exe).unwrap().first_exec_segment_offset().unwrap();
+        let line = map_line(&m, &mut sym);
+        let parsed = crate::pprof::maps::parse_maps(&line);
+        let p = &parsed[0];
+        assert_eq!((p.limit, &p.path, p.inode), (m.limit, &m.path, m.inode));
+        assert_eq!(
+            p.start.wrapping_sub(p.offset),
+            m.start.wrapping_sub(m.offset),
+            "same address ↔ offset"
+        );
+        if m.offset < seg {
+            assert_eq!(p.offset, seg);
+        } else {
+            assert_eq!(line, m.raw);
+        }
     }
 }
