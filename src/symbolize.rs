@@ -71,7 +71,8 @@ impl Symbolizer {
             .unwrap_or_default()
     }
 
-    fn elf(&mut self, path: &str) -> Option<&ElfInfo> {
+    /// The parsed ELF file at `path` (cached), `None` if unreadable.
+    pub fn elf(&mut self, path: &str) -> Option<&ElfInfo> {
         self.elves
             .entry(path.to_string())
             .or_insert_with(|| elf::read_elf(Path::new(path)).ok())
@@ -82,7 +83,7 @@ impl Symbolizer {
         if pc == 0 {
             return Vec::new();
         }
-        let sym_addr = self.symbol_start(pc).unwrap_or(0);
+        let (sym_addr, symtab_name) = self.symbol(pc).unwrap_or((0, None));
         let mut frames = Vec::new();
         // backtrace::resolve subtracts 1 from the address it is given (it expects return
         // addresses); our contract is "look up `pc` as is", so hand it pc + 1.
@@ -104,11 +105,18 @@ impl Symbolizer {
                 sym_addr,
             });
         });
+        // The outermost frame is the real function: its symbol table name is the full linkage
+        // name, whereas DWARF from `debug = "line-tables-only"` names it unqualified (`trace`).
+        if let (Some(raw), Some(last)) = (symtab_name, frames.last_mut()) {
+            last.name = format!("{:#}", backtrace::SymbolName::new(&raw));
+            last.system_name = String::from_utf8_lossy(&raw).into_owned();
+        }
         frames
     }
 
-    /// Runtime start address of the function symbol containing `pc`, from the file's `.symtab`.
-    fn symbol_start(&mut self, pc: usize) -> Option<usize> {
+    /// Runtime start address and raw name of the function symbol containing `pc`, from the
+    /// file's `.symtab`.
+    fn symbol(&mut self, pc: usize) -> Option<(usize, Option<Vec<u8>>)> {
         let pc64 = pc as u64;
         let m = match self.maps().iter().find(|m| m.contains(pc64)) {
             Some(m) => m.clone(),
@@ -123,8 +131,9 @@ impl Symbolizer {
         }
         let info = self.elf(&m.path)?;
         let svma = info.file_offset_to_svma(pc64 - m.start + m.offset)?;
-        let start = info.func_start(svma)?;
-        Some(pc - (svma - start) as usize)
+        let (start, name) = info.func_symbol(svma)?;
+        let name = (!name.is_empty()).then(|| name.to_vec());
+        Some((pc - (svma - start) as usize, name))
     }
 }
 

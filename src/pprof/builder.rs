@@ -192,28 +192,27 @@ impl ProfileBuilder {
     }
 }
 
-/// Number of leading frames of `stack` (per PC, per inlined frame; innermost first) that
-/// `pred` trims, or 0 if it would trim all of them. Shared with the text writers.
+/// Number of leading frames of `frames` (per PC, innermost inlined frame first) that `pred`
+/// trims, or 0 if it would trim all of them. Shared with the text writers.
+///
+/// Leaf-first, per PC: if the PC's real (outermost) function matches, the whole PC goes, with
+/// everything inlined into it (Go's per-PC rule: what an internal function inlined, it called);
+/// otherwise its leading inlined frames that match go, and trimming stops there. An unresolved
+/// PC stops trimming. The outermost name is the symbol table's full name even under
+/// `debug = "line-tables-only"`, where DWARF names inlined frames unqualified (`trace`), so the
+/// per-PC rule is the reliable one in release builds.
 pub(crate) fn leading_trim(frames: &[&[SymFrame]], pred: Option<fn(&str) -> bool>) -> usize {
     let Some(pred) = pred else { return 0 };
+    let total: usize = frames.iter().map(|fs| fs.len().max(1)).sum();
     let mut n = 0;
-    let mut total = 0;
-    let mut stopped = false;
     for fs in frames {
-        if fs.is_empty() {
-            // An unresolved PC counts as one frame that does not match.
-            stopped = true;
-            total += 1;
+        let Some(outer) = fs.last() else { break };
+        if pred(&outer.name) {
+            n += fs.len();
             continue;
         }
-        for f in fs.iter() {
-            total += 1;
-            if !stopped && pred(&f.name) {
-                n += 1;
-            } else {
-                stopped = true;
-            }
-        }
+        n += fs.iter().take_while(|f| pred(&f.name)).count();
+        break;
     }
     if n == total {
         0
@@ -489,5 +488,282 @@ impl<'s> Assembler<'s> {
             default_sample_type,
             doc_url: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pprof::elf;
+
+    /// Return addresses of the current stack, leaf first (backtrace's own frames included).
+    #[inline(never)]
+    fn builder_test_leaf() -> Vec<usize> {
+        let mut v = Vec::new();
+        backtrace::trace(|f| {
+            v.push(f.ip() as usize);
+            true
+        });
+        v.retain(|&ip| ip != 0);
+        std::hint::black_box(v)
+    }
+
+    #[inline(never)]
+    fn builder_test_caller() -> Vec<usize> {
+        std::hint::black_box(builder_test_leaf())
+    }
+
+    fn decode(p: &proto::Profile) -> proto::Profile {
+        let bytes = p.encode_to_vec();
+        proto::Profile::decode(bytes.as_slice()).unwrap()
+    }
+
+    fn s(p: &proto::Profile, i: i64) -> &str {
+        &p.string_table[i as usize]
+    }
+
+    fn func_names(p: &proto::Profile, loc_id: u64) -> Vec<&str> {
+        let loc = &p.location[loc_id as usize - 1];
+        loc.line
+            .iter()
+            .map(|l| s(p, p.function[l.function_id as usize - 1].name))
+            .collect()
+    }
+
+    fn check_invariants(p: &proto::Profile) {
+        assert_eq!(p.string_table[0], "");
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            p.string_table.iter().all(|x| seen.insert(x)),
+            "strings interned once"
+        );
+        let n = p.string_table.len() as i64;
+        let ok = |i: i64| (0..n).contains(&i);
+        for (k, m) in p.mapping.iter().enumerate() {
+            assert_eq!(m.id, k as u64 + 1);
+            assert!(ok(m.filename) && ok(m.build_id));
+        }
+        for (k, l) in p.location.iter().enumerate() {
+            assert_eq!(l.id, k as u64 + 1);
+            assert!(l.mapping_id as usize <= p.mapping.len());
+            for line in &l.line {
+                assert!(line.function_id >= 1 && line.function_id as usize <= p.function.len());
+            }
+        }
+        for (k, f) in p.function.iter().enumerate() {
+            assert_eq!(f.id, k as u64 + 1);
+            assert!(ok(f.name) && ok(f.system_name) && ok(f.filename));
+        }
+        for smp in &p.sample {
+            assert_eq!(smp.value.len(), p.sample_type.len());
+            for &id in &smp.location_id {
+                assert!(id >= 1 && id as usize <= p.location.len());
+            }
+            for l in &smp.label {
+                assert!(ok(l.key) && ok(l.str) && ok(l.num_unit));
+            }
+        }
+        let mut addrs = std::collections::HashSet::new();
+        for l in p.location.iter().filter(|l| l.address != 0) {
+            assert!(addrs.insert(l.address), "locations deduplicated by address");
+        }
+    }
+
+    #[test]
+    fn builds_a_valid_symbolized_profile() {
+        let stack = builder_test_caller();
+        let mut b = ProfileBuilder::new(
+            &[("objects", "count"), ("space", "bytes")],
+            ("space", "bytes"),
+            512,
+        );
+        b.set_time_nanos(42);
+        b.set_duration_nanos(7);
+        b.add_comment("hello");
+        b.set_default_sample_type("space");
+        b.add_sample(
+            &stack,
+            false,
+            &[1, 100],
+            &[Label::Num {
+                key: "bytes".into(),
+                value: 100,
+                unit: None,
+            }],
+        );
+        b.add_sample(
+            &stack,
+            false,
+            &[2],
+            &[Label::Str {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+        );
+        b.add_pseudo_sample("heaprof::stack_table_overflow", &[3, 300, 9], &[]);
+        let p = decode(&b.build());
+        check_invariants(&p);
+
+        assert_eq!(s(&p, p.sample_type[1].r#type), "space");
+        assert_eq!(s(&p, p.period_type.as_ref().unwrap().unit), "bytes");
+        assert_eq!((p.period, p.time_nanos, p.duration_nanos), (512, 42, 7));
+        assert_eq!(s(&p, p.comment[0]), "hello");
+        assert_eq!(s(&p, p.default_sample_type), "space");
+        assert_eq!(p.sample.len(), 3);
+        assert_eq!(p.sample[1].value, [2, 0], "padded to len(sample_type)");
+        assert_eq!(p.sample[2].value, [3, 300], "cut to len(sample_type)");
+        assert_eq!(
+            p.sample[0].location_id, p.sample[1].location_id,
+            "same stack, same locations"
+        );
+        assert_eq!(p.sample[0].location_id.len(), stack.len());
+        assert_eq!(s(&p, p.sample[0].label[0].key), "bytes");
+        assert_eq!(p.sample[0].label[0].num, 100);
+        assert_eq!(s(&p, p.sample[1].label[0].str), "v");
+
+        // Addresses are return address − 1; our functions are named, demangled, with files.
+        let locs: Vec<&proto::Location> = p.sample[0]
+            .location_id
+            .iter()
+            .map(|&id| &p.location[id as usize - 1])
+            .collect();
+        for (l, &ra) in locs.iter().zip(&stack) {
+            assert_eq!(l.address, ra as u64 - 1);
+        }
+        let names: Vec<&str> = p.sample[0]
+            .location_id
+            .iter()
+            .flat_map(|&id| func_names(&p, id))
+            .collect();
+        let leaf = names
+            .iter()
+            .position(|n| n.ends_with("builder::tests::builder_test_leaf"))
+            .unwrap();
+        assert!(
+            names[leaf + 1].ends_with("builder::tests::builder_test_caller"),
+            "{names:?}"
+        );
+        let f = p
+            .function
+            .iter()
+            .find(|f| s(&p, f.name).ends_with("builder_test_leaf"))
+            .unwrap();
+        assert!(s(&p, f.filename).ends_with("builder.rs"));
+        assert_ne!(s(&p, f.system_name), s(&p, f.name));
+
+        // mapping[0] is this executable, with its build ID; its locations resolved.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let m0 = &p.mapping[0];
+        assert_eq!(s(&p, m0.filename), exe.to_str().unwrap());
+        assert_eq!(s(&p, m0.build_id), elf::build_id(&exe));
+        assert!(m0.has_functions);
+        assert_eq!(locs[leaf].mapping_id, 1);
+
+        // The pseudo sample: one location, no mapping, the named function.
+        let pl = p.sample[2].location_id[0];
+        assert_eq!(p.sample[2].location_id.len(), 1);
+        assert_eq!(p.location[pl as usize - 1].mapping_id, 0);
+        assert_eq!(func_names(&p, pl), ["heaprof::stack_table_overflow"]);
+    }
+
+    #[test]
+    fn trims_leading_frames_unless_all_would_go() {
+        let stack = builder_test_caller();
+        let mut b = ProfileBuilder::new(&[("n", "count")], ("n", "count"), 1);
+        b.set_trim_leading(|n| n.starts_with("backtrace::") || n.ends_with("builder_test_leaf"));
+        b.add_sample(&stack, false, &[1], &[]);
+        let p = b.build();
+        let first = func_names(&p, p.sample[0].location_id[0]);
+        assert!(
+            first[0].ends_with("builder::tests::builder_test_caller"),
+            "{first:?}"
+        );
+
+        let mut b = ProfileBuilder::new(&[("n", "count")], ("n", "count"), 1);
+        b.set_trim_leading(|_| true);
+        b.add_sample(&stack, false, &[1], &[]);
+        let p = b.build();
+        assert_eq!(
+            p.sample[0].location_id.len(),
+            stack.len(),
+            "nothing trimmed when all match"
+        );
+    }
+
+    #[test]
+    fn leaf_pc_is_looked_up_as_is() {
+        let f = builder_test_leaf as fn() -> Vec<usize> as usize;
+        let mut b = ProfileBuilder::new(
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            10_000_000,
+        );
+        b.add_sample(&[f, f + 1], true, &[1, 10_000_000], &[]);
+        let p = b.build();
+        let ids = &p.sample[0].location_id;
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            ids[0], ids[1],
+            "PC f and return address f+1 are one location"
+        );
+        assert_eq!(p.location.len(), 1);
+        assert_eq!(p.location[ids[0] as usize - 1].address, f as u64);
+        assert!(func_names(&p, ids[0])[0].ends_with("builder_test_leaf"));
+    }
+
+    fn frame(name: &str) -> SymFrame {
+        SymFrame {
+            name: name.into(),
+            system_name: name.into(),
+            file: None,
+            line: 1,
+            sym_addr: 0,
+        }
+    }
+
+    #[test]
+    fn trim_counts_inlined_frames() {
+        let pred: fn(&str) -> bool = |n| n.starts_with("alloc::") || n.starts_with("heaprof::");
+        // Outermost matches: the whole PC goes, inlined frames included (even non-matching).
+        let internal = vec![frame("alloc::inner"), frame("heaprof::x")];
+        let callback = vec![frame("user_cb"), frame("heaprof::y")];
+        // Outermost does not match: only its leading matching inlined frames go.
+        let user = vec![
+            frame("alloc::a"),
+            frame("user2"),
+            frame("alloc::b"),
+            frame("main"),
+        ];
+        let refs: Vec<&[SymFrame]> = vec![&internal, &callback, &user, &[]];
+        assert_eq!(leading_trim(&refs, Some(pred)), 5);
+        assert_eq!(split_trim(&refs, 5), (2, 1), "cuts into an inlined PC");
+        let refs: Vec<&[SymFrame]> = vec![&user[1..], &internal];
+        assert_eq!(
+            leading_trim(&refs, Some(pred)),
+            0,
+            "stops at the first non-matching frame"
+        );
+        let only: Vec<&[SymFrame]> = vec![&internal, &callback];
+        assert_eq!(leading_trim(&only, Some(pred)), 0, "all would go: keep all");
+        assert_eq!(leading_trim(&refs, None), 0);
+        // An unresolved PC stops trimming.
+        let unresolved: Vec<&[SymFrame]> = vec![&[], &internal, &user];
+        assert_eq!(leading_trim(&unresolved, Some(pred)), 0);
+        let refs: Vec<&[SymFrame]> = vec![&internal, &[], &user];
+        assert_eq!(split_trim(&refs, leading_trim(&refs, Some(pred))), (1, 0));
+    }
+
+    #[test]
+    fn gzip_output_decodes() {
+        let mut b = ProfileBuilder::new(&[("n", "count")], ("n", "count"), 1);
+        b.add_sample(&builder_test_caller(), false, &[5], &[]);
+        let mut buf = Vec::new();
+        b.write_gzip(&mut buf).unwrap();
+        assert_eq!(&buf[..2], &[0x1f, 0x8b]);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&buf[..]), &mut raw).unwrap();
+        let p = proto::Profile::decode(raw.as_slice()).unwrap();
+        check_invariants(&p);
+        assert_eq!(p.sample[0].value, [5]);
     }
 }

@@ -23,6 +23,7 @@ const SHT_NOTE: u32 = 7;
 const SHT_DYNSYM: u32 = 11;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
+const PF_X: u32 = 1;
 const NT_GNU_BUILD_ID: u32 = 3;
 const STT_FUNC: u8 = 2;
 /// Refuse symbol tables larger than this (a corrupt header must not make us allocate GBs).
@@ -33,10 +34,12 @@ const MAX_TABLE_BYTES: u64 = 512 << 20;
 pub struct ElfInfo {
     /// GNU build ID bytes, if present.
     pub build_id: Option<Vec<u8>>,
-    /// `PT_LOAD` segments: (file offset, vaddr, file size).
-    loads: Vec<(u64, u64, u64)>,
-    /// Function symbols (value, size), sorted by value, deduplicated.
-    funcs: Vec<(u64, u64)>,
+    /// `PT_LOAD` segments: (file offset, vaddr, file size, executable).
+    loads: Vec<(u64, u64, u64, bool)>,
+    /// Function symbols (value, size, name offset in `strtab`), sorted by value, one per value.
+    funcs: Vec<(u64, u64, u32)>,
+    /// The string table of the symbol table `funcs` came from.
+    strtab: Vec<u8>,
 }
 
 impl ElfInfo {
@@ -49,15 +52,30 @@ impl ElfInfo {
     pub fn file_offset_to_svma(&self, off: u64) -> Option<u64> {
         self.loads
             .iter()
-            .find(|&&(o, _, sz)| o <= off && off < o + sz)
-            .map(|&(o, v, _)| v + (off - o))
+            .find(|&&(o, _, sz, _)| o <= off && off < o + sz)
+            .map(|&(o, v, _, _)| v + (off - o))
+    }
+
+    /// File offset of the first executable `PT_LOAD` segment, if any.
+    pub fn first_exec_segment_offset(&self) -> Option<u64> {
+        self.loads.iter().find(|l| l.3).map(|l| l.0)
     }
 
     /// Start (svma) of the function symbol containing `svma`, if the symbol table has one.
     pub fn func_start(&self, svma: u64) -> Option<u64> {
-        let i = self.funcs.partition_point(|&(v, _)| v <= svma);
-        let &(v, size) = self.funcs.get(i.checked_sub(1)?)?;
-        (size == 0 || svma < v + size).then_some(v)
+        self.func_symbol(svma).map(|(v, _)| v)
+    }
+
+    /// Start (svma) and raw (mangled) name of the function symbol containing `svma`.
+    pub fn func_symbol(&self, svma: u64) -> Option<(u64, &[u8])> {
+        let i = self.funcs.partition_point(|&(v, _, _)| v <= svma);
+        let &(v, size, name) = self.funcs.get(i.checked_sub(1)?)?;
+        if size != 0 && svma >= v + size {
+            return None;
+        }
+        let tail = self.strtab.get(name as usize..).unwrap_or_default();
+        let end = tail.iter().position(|&c| c == 0).unwrap_or(tail.len());
+        Some((v, &tail[..end]))
     }
 }
 
@@ -88,6 +106,7 @@ fn bad(msg: &'static str) -> io::Error {
 
 struct Sect {
     kind: u32,
+    link: u32,
     offset: u64,
     size: u64,
     entsize: u64,
@@ -187,17 +206,23 @@ impl Reader {
             let ph = self.bytes(phoff, phentsize * phnum)?;
             for e in ph.chunks_exact(phentsize as usize) {
                 let kind = self.u32(e, 0);
-                let (off, vaddr, filesz) = if self.is64 {
-                    (self.u64(e, 8), self.u64(e, 16), self.u64(e, 32))
+                let (off, vaddr, filesz, flags) = if self.is64 {
+                    (
+                        self.u64(e, 8),
+                        self.u64(e, 16),
+                        self.u64(e, 32),
+                        self.u32(e, 4),
+                    )
                 } else {
                     (
                         u64::from(self.u32(e, 4)),
                         u64::from(self.u32(e, 8)),
                         u64::from(self.u32(e, 16)),
+                        self.u32(e, 24),
                     )
                 };
                 match kind {
-                    PT_LOAD => info.loads.push((off, vaddr, filesz)),
+                    PT_LOAD => info.loads.push((off, vaddr, filesz, flags & PF_X != 0)),
                     PT_NOTE => notes.push((off, filesz)),
                     _ => {}
                 }
@@ -216,6 +241,7 @@ impl Reader {
             for e in sh.chunks_exact(shentsize as usize) {
                 sects.push(Sect {
                     kind: self.u32(e, 4),
+                    link: self.u32(e, if self.is64 { 40 } else { 24 }),
                     offset: self.word(e, 24, 16),
                     size: self.word(e, 32, 20),
                     entsize: self.word(e, 56, 36),
@@ -245,6 +271,9 @@ impl Reader {
             .or_else(|| sects.iter().find(|s| s.kind == SHT_DYNSYM));
         if let Some(t) = table {
             info.funcs = self.func_symbols(t)?;
+            if let Some(st) = sects.get(t.link as usize) {
+                info.strtab = self.bytes(st.offset, st.size)?;
+            }
         }
         Ok(info)
     }
@@ -271,7 +300,7 @@ impl Reader {
         None
     }
 
-    fn func_symbols(&self, t: &Sect) -> io::Result<Vec<(u64, u64)>> {
+    fn func_symbols(&self, t: &Sect) -> io::Result<Vec<(u64, u64, u32)>> {
         let entsize = if t.entsize != 0 {
             t.entsize
         } else if self.is64 {
@@ -280,9 +309,10 @@ impl Reader {
             16
         };
         let b = self.bytes(t.offset, t.size)?;
-        let mut out: Vec<(u64, u64)> = b
+        let mut out: Vec<(u64, u64, u32, bool)> = b
             .chunks_exact(entsize as usize)
             .filter_map(|e| {
+                let name = self.u32(e, 0);
                 let (info, shndx, value, size) = if self.is64 {
                     (e[4], self.u16(e, 6), self.u64(e, 8), self.u64(e, 16))
                 } else {
@@ -293,20 +323,21 @@ impl Reader {
                         u64::from(self.u32(e, 8)),
                     )
                 };
-                (info & 0xf == STT_FUNC && shndx != 0 && value != 0).then_some((value, size))
+                let global = info >> 4 != 0; // STB_GLOBAL or STB_WEAK
+                (info & 0xf == STT_FUNC && shndx != 0 && value != 0)
+                    .then_some((value, size, name, global))
             })
             .collect();
-        out.sort_unstable();
-        // Keep the largest size for aliases at one address.
-        out.dedup_by(|later, kept| {
-            if later.0 == kept.0 {
-                kept.1 = kept.1.max(later.1);
-                true
-            } else {
-                false
-            }
+        // Aliases at one address: prefer the largest size, then a global, then the lowest
+        // name offset, so the choice is deterministic.
+        out.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(b.1.cmp(&a.1))
+                .then(b.3.cmp(&a.3))
+                .then(a.2.cmp(&b.2))
         });
-        Ok(out)
+        out.dedup_by_key(|e| e.0);
+        Ok(out.into_iter().map(|(v, s, n, _)| (v, s, n)).collect())
     }
 }
 
@@ -345,6 +376,13 @@ mod tests {
         // A function's own entry is the start of its symbol; 5 bytes in still is.
         assert_eq!(info.func_start(svma), Some(svma));
         assert_eq!(info.func_start(svma + 5), Some(svma));
+        let (_, name) = info.func_symbol(svma + 5).unwrap();
+        let name = std::str::from_utf8(name).unwrap();
+        let demangled = format!("{:#}", backtrace::SymbolName::new(name.as_bytes()));
+        assert!(
+            demangled.ends_with("elf::tests::func_start_finds_symbol_of_a_function"),
+            "{name}"
+        );
     }
 
     #[test]

@@ -16,8 +16,12 @@ pub struct MapEntry {
     pub start: u64,
     /// One past the last address.
     pub limit: u64,
+    /// Permissions, e.g. `r-xp`.
+    pub perms: String,
     /// File offset of `start`.
     pub offset: u64,
+    /// Device, `major:minor`.
+    pub dev: String,
     /// Inode (0 for anonymous and pseudo mappings).
     pub inode: u64,
     /// Path, ` (deleted)` stripped; may be a pseudo name like `[vdso]`.
@@ -63,7 +67,7 @@ fn parse_line(line: &str) -> Option<MapEntry> {
     let range = field()?;
     let perms = field()?;
     let offset = field()?;
-    let _dev = field()?;
+    let dev = field()?;
     let inode = field()?;
     let path = rest.trim();
     if perms.as_bytes().get(2) != Some(&b'x') {
@@ -81,7 +85,9 @@ fn parse_line(line: &str) -> Option<MapEntry> {
     Some(MapEntry {
         start,
         limit,
+        perms: perms.to_string(),
         offset,
+        dev: dev.to_string(),
         inode,
         path,
         raw: line.to_string(),
@@ -120,6 +126,7 @@ garbage line
         assert_eq!(m[0].limit, 0x55d0c0b00000);
         assert_eq!(m[0].offset, 0x40000);
         assert_eq!(m[0].inode, 1234);
+        assert_eq!((m[0].perms.as_str(), m[0].dev.as_str()), ("r-xp", "08:01"));
         assert!(m[0].contains(0x55d0c0a40000) && !m[0].contains(0x55d0c0b00000));
         assert!(m[0].is_file() && !m[2].is_file());
         assert!(m[1].raw.ends_with("(deleted)"));

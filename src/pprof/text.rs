@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::builder::{leading_trim, split_trim};
+use super::maps::MapEntry;
 use crate::symbolize::{SymFrame, Symbolizer};
 
 /// One count-profile entry group: `count` entries with this stack (return addresses, leaf
@@ -91,10 +92,40 @@ fn render(stack: &[usize], sym: &mut Symbolizer, trim: Option<fn(&str) -> bool>)
 
 fn write_memory_map<W: Write>(w: &mut W, sym: &mut Symbolizer) -> io::Result<()> {
     writeln!(w, "\n--- Memory map: ---")?;
-    for m in sym.maps() {
-        writeln!(w, "{}", m.raw)?;
+    for m in sym.maps().to_vec() {
+        writeln!(w, "{}", map_line(&m, sym))?;
     }
     Ok(())
+}
+
+/// The `/proc/self/maps` line written for `m`.
+///
+/// If the mapping starts before its file's first executable `PT_LOAD` segment (lld, Rust's
+/// default linker, puts that segment at a file offset that is not page aligned, and the
+/// kernel maps from the page boundary below it), the line is started at the segment's first
+/// byte instead: same file, same address ↔ offset correspondence, a sub-range that still holds
+/// all the code. Reason: Go's `go tool pprof` (cmd/pprof's own object reader) symbolizes with
+/// base = start − vaddr of the first executable `PT_LOAD`, ignoring the offset, and would be
+/// off by (segment offset mod page size); google/pprof derives the same base from either line.
+fn map_line(m: &MapEntry, sym: &mut Symbolizer) -> String {
+    let seg = if m.is_file() {
+        sym.elf(&m.path).and_then(|e| e.first_exec_segment_offset())
+    } else {
+        None
+    };
+    match seg {
+        Some(seg) if m.offset < seg && seg - m.offset < m.limit - m.start => format!(
+            "{:x}-{:x} {} {:08x} {} {} {}",
+            m.start + (seg - m.offset),
+            m.limit,
+            m.perms,
+            seg,
+            m.dev,
+            m.inode,
+            m.path
+        ),
+        _ => m.raw.clone(),
+    }
 }
 
 /// Writes a count profile (threadcreate, custom) as `debug=1` text:
@@ -102,7 +133,7 @@ fn write_memory_map<W: Write>(w: &mut W, sym: &mut Symbolizer) -> io::Result<()>
 /// ```text
 /// NAME profile: total N
 /// C @ 0xra1 0xra2 ...
-/// #	0xpc	func+0xoff	file:line
+/// #<TAB>0xpc<TAB>func+0xoff<TAB>file:line
 /// ```
 ///
 /// Records with the same (trimmed) stack are merged; groups are sorted by count desc, then
@@ -142,7 +173,7 @@ pub fn write_count_text<W: Write>(
 /// ```text
 /// heap profile: I: IB [A: AB] @ heap/2R
 /// i: ib [a: ab] @ 0xra1 0xra2 ...
-/// #	0xpc	func+0xoff	file:line
+/// #<TAB>0xpc<TAB>func+0xoff<TAB>file:line
 ///
 /// # heaprof.MemStats
 /// # key = value
@@ -208,4 +239,209 @@ pub fn write_heap_text<W: Write>(
     w.write_all(out.as_bytes())?;
     write_memory_map(&mut w, sym)?;
     w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn text_test_leaf() -> Vec<usize> {
+        let mut v = Vec::new();
+        backtrace::trace(|f| {
+            v.push(f.ip() as usize);
+            true
+        });
+        v.retain(|&ip| ip != 0);
+        std::hint::black_box(v)
+    }
+
+    fn is_bt(n: &str) -> bool {
+        n.starts_with("backtrace::")
+    }
+
+    /// `^(\d+) @( 0x[0-9a-f]+)+$`, the legacy parser's count sample line.
+    fn is_count_line(l: &str) -> bool {
+        let Some((n, rest)) = l.split_once(" @") else {
+            return false;
+        };
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && rest.starts_with(' ')
+            && rest[1..].split(' ').all(|a| {
+                a.strip_prefix("0x").is_some_and(|h| {
+                    !h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                })
+            })
+    }
+
+    #[test]
+    fn count_text_groups_sorts_and_comments() {
+        let a = text_test_leaf();
+        let b = &text_test_leaf(); // another call site: a different stack
+        let recs = [
+            CountRecord { count: 1, stack: b },
+            CountRecord {
+                count: 2,
+                stack: &a,
+            },
+            CountRecord {
+                count: 3,
+                stack: &a,
+            },
+            CountRecord {
+                count: 4,
+                stack: &[],
+            },
+        ];
+        let mut out = Vec::new();
+        write_count_text(
+            &mut out,
+            "threadcreate",
+            &recs,
+            &mut Symbolizer::new(),
+            Some(is_bt),
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "threadcreate profile: total 10");
+        let samples: Vec<&str> = lines.iter().copied().filter(|l| is_count_line(l)).collect();
+        assert_eq!(samples.len(), 3, "{text}");
+        assert!(
+            samples[0].starts_with("5 @ "),
+            "merged and sorted by count: {samples:?}"
+        );
+        assert!(samples[1].starts_with("4 @ "));
+        assert!(samples[2].starts_with("1 @ "));
+        // The empty stack got the pseudo frame.
+        assert_eq!(samples[1], format!("4 @ {:#x}", empty_stack_addr()));
+        assert!(text.contains("\theaprof::pprof::text::empty_stack_event+0x"));
+        // Trimmed: the first address is in our function, not in backtrace's.
+        let first = samples[0].split(' ').nth(2).unwrap();
+        let pc = format!("{:#x}", usize::from_str_radix(&first[2..], 16).unwrap() - 1);
+        let block: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with(&format!("#\t{pc}\t")))
+            .collect();
+        assert!(
+            block
+                .last()
+                .unwrap()
+                .contains("text::tests::text_test_leaf+0x"),
+            "{block:?}"
+        );
+        assert!(block.last().unwrap().contains("text.rs:"));
+        assert!(!text.contains("\tbacktrace::"));
+        // Every non-sample line before the map is a comment or blank.
+        let body = text.split("--- Memory map: ---").next().unwrap();
+        for l in body.lines().skip(1) {
+            assert!(
+                l.is_empty() || l.starts_with('#') || is_count_line(l),
+                "{l:?}"
+            );
+        }
+        let map = text.split("--- Memory map: ---\n").nth(1).unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(map
+            .lines()
+            .any(|l| l.ends_with(exe.to_str().unwrap()) && l.contains(" r-xp ")));
+    }
+
+    #[test]
+    fn heap_text_header_quirk_sort_and_stats() {
+        let a = text_test_leaf();
+        let recs = [
+            HeapRecord {
+                inuse_objects: 1,
+                inuse_bytes: 10,
+                alloc_objects: 1,
+                alloc_bytes: 10,
+                stack: &a[1..],
+            },
+            HeapRecord {
+                inuse_objects: 2,
+                inuse_bytes: 64,
+                alloc_objects: 2,
+                alloc_bytes: 64,
+                stack: &a,
+            },
+        ];
+        let stats = [("Alloc", "123".to_string()), ("Sys", "456".to_string())];
+        let mut out = Vec::new();
+        write_heap_text(
+            &mut out,
+            524288,
+            &recs,
+            &stats,
+            &mut Symbolizer::new(),
+            Some(is_bt),
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0], "heap profile: 3: 74 [3: 75] @ heap/1048576",
+            "AB+1 when IB = AB"
+        );
+        assert!(
+            lines[1].starts_with("2: 64 [2: 64] @ 0x"),
+            "sorted by in-use bytes"
+        );
+        let second = lines
+            .iter()
+            .position(|l| l.starts_with("1: 10 [1: 10] @ 0x"))
+            .unwrap();
+        assert!(second > 1);
+        assert!(text.contains("\n# heaprof.MemStats\n# Alloc = 123\n# Sys = 456\n"));
+        assert!(text.contains("\n--- Memory map: ---\n"));
+
+        let recs = [HeapRecord {
+            inuse_objects: 1,
+            inuse_bytes: 8,
+            alloc_objects: 3,
+            alloc_bytes: 24,
+            stack: &a,
+        }];
+        let mut out = Vec::new();
+        write_heap_text(&mut out, 1, &recs, &[], &mut Symbolizer::new(), None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("heap profile: 1: 8 [3: 24] @ heap/2\n"));
+        assert!(!text.contains("MemStats"));
+        assert!(
+            text.contains("\tbacktrace::"),
+            "no trim without a predicate"
+        );
+    }
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn exe_map_line_starts_at_first_exec_segment_and_keeps_the_correspondence() {
+        let mut sym = Symbolizer::new();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let exe = exe.to_str().unwrap();
+        let m = sym.maps().iter().find(|m| m.path == exe).unwrap().clone();
+        let seg = sym.elf(exe).unwrap().first_exec_segment_offset().unwrap();
+        let line = map_line(&m, &mut sym);
+        let parsed = crate::pprof::maps::parse_maps(&line);
+        let p = &parsed[0];
+        assert_eq!((p.limit, &p.path, p.inode), (m.limit, &m.path, m.inode));
+        assert_eq!(
+            p.start.wrapping_sub(p.offset),
+            m.start.wrapping_sub(m.offset),
+            "same address ↔ offset"
+        );
+        if m.offset < seg {
+            assert_eq!(p.offset, seg);
+        } else {
+            assert_eq!(line, m.raw);
+        }
+    }
 }
