@@ -62,6 +62,15 @@ use modules::State;
 /// see the module docs).
 pub const MAX_DEPTH: usize = 64;
 
+/// Stack the DWARF walk may need below the caller's stack pointer (measured: ~16 KB in a
+/// release build, ~55 KB in a debug build, mostly gimli's on-stack CFI rows). With less left
+/// (a small `sigaltstack`: std's is ~8 KB), the frame-pointer fallback is used instead.
+const DWARF_STACK_NEEDED: usize = if cfg!(debug_assertions) {
+    96 << 10
+} else {
+    32 << 10
+};
+
 /// At most this many signal frames are crossed in one walk (bounds nested signals).
 const MAX_SIGNAL_FRAMES: usize = 8;
 
@@ -139,9 +148,12 @@ pub fn capture(frames: &mut [usize]) -> usize {
         NO_STACK_BOUNDS.fetch_add(1, Ordering::Relaxed);
         return 0;
     };
-    let Some(state) = modules::get_or_build(true) else {
-        FP_FALLBACKS.fetch_add(1, Ordering::Relaxed);
-        return fp::walk(start.bp, lo, hi, frames, 0);
+    let state = match modules::get_or_build(true) {
+        Some(s) if bounds::headroom(start.sp).unwrap_or(0) >= DWARF_STACK_NEEDED => s,
+        _ => {
+            FP_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+            return fp::walk(start.bp, lo, hi, frames, 0);
+        }
     };
     let walk = Walk {
         first: FrameAddress::from_instruction_pointer(start.pc as u64),
@@ -176,7 +188,9 @@ pub fn capture(frames: &mut [usize]) -> usize {
 /// a [`capture`] on this thread finds that thread's slot busy and takes another one); if the
 /// unwinder is not built ([`global_init`]), or no filled slot is free, it falls back to the
 /// validated frame-pointer walk. If this thread's stack bounds are unknown (no [`thread_init`]
-/// on it), only the leaf PC is returned.
+/// on it), only the leaf PC is returned. The DWARF walk needs ~16 KB of stack below the
+/// handler's frame (release; ~55 KB in debug builds): on a smaller alternate signal stack
+/// (`SA_ONSTACK` with std's default ~8 KB one) the frame-pointer fallback is used.
 ///
 /// # Safety
 /// `ucontext` must be null or the third argument of an `SA_SIGINFO` handler running on this
@@ -197,7 +211,12 @@ pub unsafe fn capture_from_ucontext(ucontext: *const libc::c_void, frames: &mut 
         NO_STACK_BOUNDS.fetch_add(1, Ordering::Relaxed);
         return 1;
     };
-    match (modules::current(), cache_pool::try_lease(false)) {
+    let here = current_regs().sp;
+    let room = bounds::headroom(here).unwrap_or(0) >= DWARF_STACK_NEEDED;
+    match (
+        modules::current(),
+        room.then(|| cache_pool::try_lease(false)).flatten(),
+    ) {
         (Some(state), Some(mut lease)) => Walk {
             first: FrameAddress::from_instruction_pointer(regs.pc as u64),
             regs,
