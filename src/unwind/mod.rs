@@ -80,6 +80,8 @@ const MAX_SIGNAL_FRAMES: usize = 8;
 pub struct UnwindStats {
     /// Module-list snapshots published so far (1 after init; +1 per observed dlopen/dlclose).
     pub states_published: usize,
+    /// Modules (with executable code) in the current module list.
+    pub modules: usize,
     /// `capture` found every pooled cache busy and used a temporary (allocated) cache.
     pub pool_exhausted: u64,
     /// Walks done by the frame-pointer fallback (no unwinder yet, or no free cache in a handler).
@@ -96,6 +98,7 @@ static NO_STACK_BOUNDS: AtomicU64 = AtomicU64::new(0);
 pub fn stats() -> UnwindStats {
     UnwindStats {
         states_published: modules::published(),
+        modules: modules::current().map_or(0, |s| s.module_count()),
         pool_exhausted: POOL_EXHAUSTED.load(Ordering::Relaxed),
         fp_fallbacks: FP_FALLBACKS.load(Ordering::Relaxed),
         no_stack_bounds: NO_STACK_BOUNDS.load(Ordering::Relaxed),

@@ -44,6 +44,9 @@ pub(super) struct State {
     pub(super) unwinder: Unwinder,
     /// Sorted by `start`, non-overlapping.
     text: Vec<TextRange>,
+    /// Address of glibc's `__restore_rt` if known when built (taken from an installed
+    /// handler's `sa_restorer` and checked against its code bytes), else 0.
+    restorer: usize,
     /// glibc's `dlpi_adds` / `dlpi_subs` when this state was built.
     adds: u64,
     subs: u64,
@@ -65,8 +68,18 @@ impl State {
     }
 
     /// Is `addr` the start of the `rt_sigreturn` trampoline (i.e. a return address that
-    /// marks a kernel signal frame)? Reads code bytes only inside a readable known module.
+    /// marks a kernel signal frame)? One comparison when the trampoline's address is known;
+    /// otherwise compares code bytes, read only inside a readable known module.
+    #[inline]
     pub(super) fn is_sigreturn_trampoline(&self, addr: usize) -> bool {
+        if self.restorer != 0 {
+            addr == self.restorer
+        } else {
+            self.has_restore_rt_code(addr)
+        }
+    }
+
+    fn has_restore_rt_code(&self, addr: usize) -> bool {
         match self.range_of(addr) {
             Some(r)
                 if r.readable
@@ -84,8 +97,28 @@ impl State {
         }
     }
 
+    /// `sa_restorer` of any installed handler (glibc sets it to `__restore_rt`; Rust's std
+    /// installs SIGSEGV/SIGBUS handlers at startup), if its code bytes match.
+    fn find_restorer(&self) -> usize {
+        for sig in 1..32 {
+            let mut old = core::mem::MaybeUninit::<libc::sigaction>::zeroed();
+            // SAFETY: a null new action only queries; `old` is a valid out-pointer.
+            if unsafe { libc::sigaction(sig, core::ptr::null(), old.as_mut_ptr()) } != 0 {
+                continue;
+            }
+            // SAFETY: zero-initialised, then filled by the successful call; plain data.
+            let old = unsafe { old.assume_init() };
+            if let Some(f) = old.sa_restorer {
+                let a = f as usize;
+                if self.has_restore_rt_code(a) {
+                    return a;
+                }
+            }
+        }
+        0
+    }
+
     /// Number of modules with an executable range.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) fn module_count(&self) -> usize {
         self.text.len()
     }
@@ -223,12 +256,15 @@ fn build() -> State {
         framehop::Unwinder::add_module(&mut unwinder, m);
     }
     c.text.sort_by_key(|r| r.start);
-    State {
+    let mut state = State {
         unwinder,
         text: c.text,
+        restorer: 0,
         adds: c.adds,
         subs: c.subs,
-    }
+    };
+    state.restorer = state.find_restorer();
+    state
 }
 
 /// Build the framehop module for one loaded object.
@@ -380,6 +416,8 @@ mod tests {
         assert!(s.is_known(state_knows_this_code_and_libc as *const () as usize));
         assert!(s.is_known(libc::write as *const () as usize));
         assert!(!s.is_known(0x10));
+        assert_ne!(s.restorer, 0, "std's SIGSEGV handler gives __restore_rt");
+        assert!(s.is_sigreturn_trampoline(s.restorer) && s.has_restore_rt_code(s.restorer));
         assert!(!s.is_sigreturn_trampoline(state_knows_this_code_and_libc as *const () as usize));
         // Unchanged process: no new state.
         let before = published();
