@@ -425,4 +425,23 @@ mod tests {
         assert!(published() == before || published() <= MAX_STATES);
         assert!(again.is_known(libc::write as *const () as usize));
     }
+
+    #[test]
+    fn dlopen_is_picked_up_by_rebuild() {
+        let before = get_or_build(true).expect("built");
+        // SAFETY: loads a plain C library (no constructors of interest); never closed.
+        let h = unsafe { libc::dlopen(c"libz.so.1".as_ptr(), libc::RTLD_NOW) };
+        if h.is_null() {
+            eprintln!("libz.so.1 not available; skipped");
+            return;
+        }
+        // SAFETY: h is a valid handle; looks up a function symbol.
+        let f = unsafe { libc::dlsym(h, c"zlibVersion".as_ptr()) } as usize;
+        assert_ne!(f, 0);
+        let after = rebuild_if_changed().expect("state");
+        assert!(after.is_known(f), "dlopened library known after rebuild");
+        if !before.is_known(f) {
+            assert!(!core::ptr::eq(before, after), "a new state was published");
+        }
+    }
 }
