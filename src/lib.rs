@@ -55,4 +55,7 @@ pub mod __private {
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};
     pub use crate::symbolize::{SymFrame, Symbolizer};
+    pub use crate::unwind::{
+        capture, capture_from_ucontext, global_init, stats, thread_init, UnwindStats, MAX_DEPTH,
+    };
 }

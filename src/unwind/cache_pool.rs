@@ -1,0 +1,135 @@
+//! A fixed global pool of framehop unwind caches, leased without blocking.
+//!
+//! framehop's `CacheNative` (~33 KB: a 509-slot rule cache plus gimli scratch space) needs
+//! exclusive access while unwinding. One cache per thread would leak 33 KB per short-lived
+//! thread (TLS with `Drop` is not allowed in the allocator), and a shared lock is not allowed
+//! in a signal handler. So: [`POOL_SLOTS`] slots, each an atomic busy flag plus a lazily
+//! allocated cache that is never freed (bounded: `POOL_SLOTS` × ~33 KB).
+//!
+//! [`try_lease`] scans the slots once with a compare-and-swap per slot, starting at this
+//! thread's preferred slot (the last one it leased, so a thread usually finds its own warm
+//! cache). It never waits, so it is async-signal-safe when `may_alloc` is false. A signal that
+//! interrupts a leasing thread simply finds that slot busy and takes another.
+
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+
+use framehop::{CacheNative, MustNotAllocateDuringUnwind};
+
+/// The framehop cache type we use: never allocates while unwinding.
+pub(super) type Cache = CacheNative<MustNotAllocateDuringUnwind>;
+
+/// Number of caches in the pool. More threads than this capturing at the same instant fall
+/// back (see `capture`): a temporary cache, or a frame-pointer walk in a signal handler.
+pub(super) const POOL_SLOTS: usize = 16;
+
+struct Slot {
+    /// True while leased. Acquire on lease / Release on return orders accesses to `cache`.
+    busy: AtomicBool,
+    /// Null until the first leaseholder that may allocate fills it; then fixed forever.
+    /// Written and dereferenced only by the current leaseholder.
+    cache: AtomicPtr<Cache>,
+}
+
+static POOL: [Slot; POOL_SLOTS] = [const {
+    Slot {
+        busy: AtomicBool::new(false),
+        cache: AtomicPtr::new(ptr::null_mut()),
+    }
+}; POOL_SLOTS];
+
+/// Hands out preferred starting slots round-robin to new threads.
+static NEXT_HINT: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// Preferred slot + 1 (0 = not chosen yet). No Drop, const init: see bounds.rs.
+    static HINT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Exclusive use of one pooled cache until dropped.
+pub(super) struct Lease {
+    slot: &'static Slot,
+    cache: *mut Cache,
+}
+
+impl Lease {
+    /// The leased cache.
+    pub(super) fn cache(&mut self) -> &mut Cache {
+        // SAFETY: `cache` is non-null (checked in try_lease), points to a leaked Box that is
+        // never freed, and `slot.busy` is held by this Lease, so no one else has a reference.
+        // The returned borrow is tied to `&mut self`, so it cannot outlive the lease.
+        unsafe { &mut *self.cache }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.slot.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Lease a free pooled cache, or `None` if every slot is busy (or, with `may_alloc == false`,
+/// every free slot is still empty). Never blocks. With `may_alloc == false` it is
+/// async-signal-safe; with `may_alloc == true` it may allocate one cache (first use of a slot).
+pub(super) fn try_lease(may_alloc: bool) -> Option<Lease> {
+    let mut start = HINT.get();
+    if start == 0 {
+        start = NEXT_HINT.fetch_add(1, Ordering::Relaxed) % POOL_SLOTS as u32 + 1;
+        HINT.set(start);
+    }
+    let start = (start - 1) as usize;
+    for i in 0..POOL_SLOTS {
+        let idx = (start + i) % POOL_SLOTS;
+        let slot = &POOL[idx];
+        if slot
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let mut cache = slot.cache.load(Ordering::Relaxed);
+        if cache.is_null() {
+            if !may_alloc {
+                slot.busy.store(false, Ordering::Release);
+                continue;
+            }
+            cache = Box::into_raw(Box::new(Cache::new_in()));
+            slot.cache.store(cache, Ordering::Relaxed);
+        }
+        HINT.set(idx as u32 + 1);
+        return Some(Lease { slot, cache });
+    }
+    None
+}
+
+/// Allocate the cache of every empty slot that is free now, so signal handlers (which cannot
+/// allocate) find filled slots. Not async-signal-safe.
+pub(super) fn prefill() {
+    let mut held = Vec::with_capacity(POOL_SLOTS);
+    while let Some(lease) = try_lease(true) {
+        held.push(lease);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_exclusive_and_returned() {
+        let mut leases = Vec::new();
+        while let Some(l) = try_lease(true) {
+            leases.push(l);
+            assert!(leases.len() <= POOL_SLOTS);
+        }
+        // Other tests may hold slots concurrently, so only an upper bound is certain.
+        let mut ptrs: Vec<_> = leases.iter().map(|l| l.cache as usize).collect();
+        ptrs.sort_unstable();
+        ptrs.dedup();
+        assert_eq!(ptrs.len(), leases.len(), "two leases share a cache");
+        drop(leases);
+        assert!(try_lease(false).is_some(), "slots returned and caches kept");
+    }
+}
