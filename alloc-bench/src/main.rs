@@ -36,6 +36,12 @@ const CONFIGS: &[Config] = &[
         bin: "w_system",
         rate: None,
     },
+    // Same binary as the baseline: its ratio is the noise floor of the run.
+    Config {
+        name: "system/again",
+        bin: "w_system",
+        rate: None,
+    },
     Config {
         name: "heaprof/off",
         bin: "w_heaprof",
