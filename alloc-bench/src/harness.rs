@@ -7,11 +7,13 @@
 //! writing) and prints exactly one line on stdout:
 //!
 //! ```text
-//! alloc-bench-result v1 config=heaprof rate=524288 workload=churn1 scale=1 ops=8000000 elapsed_ns=812345678 checksum=123
+//! alloc-bench-result v1 config=heaprof rate=524288 workload=churn1 scale=1 ops=8000000 elapsed_ns=812345678 cpu_ns=810000000 checksum=123
 //! ```
 //!
-//! `rate` is the *effective* rate read back from the allocator, `-` for
-//! configurations without one. Errors go to stderr with a non-zero exit code.
+//! `elapsed_ns` is wall time, `cpu_ns` the process CPU time (user + sys, all
+//! threads, `CLOCK_PROCESS_CPUTIME_ID`; `-` where unavailable) over the same
+//! interval. `rate` is the *effective* rate read back from the allocator, `-`
+//! for configurations without one. Errors go to stderr with a non-zero exit code.
 
 use crate::workloads;
 use std::time::Instant;
@@ -46,6 +48,8 @@ pub struct ResultLine {
     pub ops: u64,
     /// Wall time of the workload alone.
     pub elapsed_ns: u64,
+    /// Process CPU time (all threads) of the workload alone, if available.
+    pub cpu_ns: Option<u64>,
     /// Deterministic checksum of the workload.
     pub checksum: u64,
 }
@@ -53,10 +57,17 @@ pub struct ResultLine {
 impl ResultLine {
     /// Formats the line exactly as printed by workers.
     pub fn format(&self) -> String {
-        let rate = self.rate.map_or_else(|| "-".to_string(), |r| r.to_string());
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |r| r.to_string());
         format!(
-            "{RESULT_TAG} config={} rate={rate} workload={} scale={} ops={} elapsed_ns={} checksum={}",
-            self.config, self.workload, self.scale, self.ops, self.elapsed_ns, self.checksum
+            "{RESULT_TAG} config={} rate={} workload={} scale={} ops={} elapsed_ns={} cpu_ns={} checksum={}",
+            self.config,
+            opt(self.rate.map(|r| r as u64)),
+            self.workload,
+            self.scale,
+            self.ops,
+            self.elapsed_ns,
+            opt(self.cpu_ns),
+            self.checksum
         )
     }
 
@@ -73,6 +84,7 @@ impl ResultLine {
             scale: 0.0,
             ops: 0,
             elapsed_ns: 0,
+            cpu_ns: None,
             checksum: 0,
         };
         let bad = |k: &str, v: &str| format!("bad {k}={v:?} in {line:?}");
@@ -91,6 +103,13 @@ impl ResultLine {
                 "scale" => r.scale = v.parse().map_err(|_| bad(k, v))?,
                 "ops" => r.ops = v.parse().map_err(|_| bad(k, v))?,
                 "elapsed_ns" => r.elapsed_ns = v.parse().map_err(|_| bad(k, v))?,
+                "cpu_ns" => {
+                    r.cpu_ns = if v == "-" {
+                        None
+                    } else {
+                        Some(v.parse().map_err(|_| bad(k, v))?)
+                    }
+                }
                 "checksum" => r.checksum = v.parse().map_err(|_| bad(k, v))?,
                 _ => {} // forward compatible
             }
@@ -100,6 +119,34 @@ impl ResultLine {
         }
         Ok(r)
     }
+}
+
+/// CPU time of the whole process (all threads, including exited ones), ns.
+#[cfg(target_os = "linux")]
+pub fn process_cpu_ns() -> Option<u64> {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: std::ffi::c_long,
+        tv_nsec: std::ffi::c_long,
+    }
+    extern "C" {
+        // Provided by the C library std already links against.
+        fn clock_gettime(clk: std::ffi::c_int, ts: *mut Timespec) -> std::ffi::c_int;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: std::ffi::c_int = 2;
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// CPU time of the whole process: unavailable on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn process_cpu_ns() -> Option<u64> {
+    None
 }
 
 fn die(msg: &str) -> ! {
@@ -143,10 +190,15 @@ pub fn worker_main(hooks: Hooks) {
         die("--scale must be > 0");
     }
 
+    let cpu_start = process_cpu_ns();
     let start = Instant::now();
     let outcome = workloads::run(&workload, scale)
         .unwrap_or_else(|| die(&format!("unknown workload {workload:?}")));
     let elapsed = start.elapsed();
+    let cpu_ns = match (cpu_start, process_cpu_ns()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).max(1)),
+        _ => None,
+    };
 
     if let Some(path) = profile {
         match hooks.write_profile {
@@ -165,6 +217,7 @@ pub fn worker_main(hooks: Hooks) {
         scale,
         ops: outcome.ops,
         elapsed_ns: (elapsed.as_nanos() as u64).max(1),
+        cpu_ns,
         checksum: outcome.checksum,
     };
     println!("{}", line.format());
@@ -183,13 +236,29 @@ mod tests {
             scale: 0.125,
             ops: 10,
             elapsed_ns: 123,
+            cpu_ns: Some(120),
             checksum: 99,
         };
         assert_eq!(ResultLine::parse(&r.format()).unwrap(), r);
-        let s = ResultLine { rate: None, ..r };
+        let s = ResultLine {
+            rate: None,
+            cpu_ns: None,
+            ..r
+        };
         assert_eq!(
             ResultLine::parse(&format!("noise\n{}\n", s.format())).unwrap(),
             s
         );
+    }
+
+    #[test]
+    fn cpu_clock_advances() {
+        if let Some(a) = process_cpu_ns() {
+            let mut x = 0u64;
+            for i in 0..20_000_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+            assert!(process_cpu_ns().unwrap() > a);
+        }
     }
 }

@@ -18,6 +18,7 @@ use alloc_bench::harness::ResultLine;
 use alloc_bench::report::{self, Row, Series};
 use alloc_bench::workloads;
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -283,9 +284,15 @@ fn real_main() -> Result<(), String> {
     // (workload, config index) -> series
     let mut series: HashMap<(String, usize), Series> = HashMap::new();
     let mut checksums: HashMap<String, u64> = HashMap::new();
+    let tty = std::io::stderr().is_terminal();
     for round in 0..o.runs {
+        if !tty {
+            eprintln!("round {}/{}", round + 1, o.runs);
+        }
         for w in &o.workloads {
-            eprint!("\rround {}/{} {:<15}", round + 1, o.runs, w);
+            if tty {
+                eprint!("\rround {}/{} {:<15}", round + 1, o.runs, w);
+            }
             let mut got: Vec<Option<ResultLine>> = vec![None; n];
             for k in 0..n {
                 let ci = (k + round) % n; // rotate the order every round
@@ -300,16 +307,11 @@ fn real_main() -> Result<(), String> {
                 got[ci] = Some(r);
             }
             let got: Vec<ResultLine> = got.into_iter().map(|r| r.expect("ran")).collect();
-            let base_ns = got[0].elapsed_ns as f64;
-            let base_op = base_ns / got[0].ops as f64;
             for (ci, r) in got.iter().enumerate() {
                 let s = series.entry((w.clone(), ci)).or_default();
-                let ns = r.elapsed_ns as f64;
-                let per_op = ns / r.ops as f64;
-                s.elapsed_ns.push(ns);
-                s.ns_per_op.push(per_op);
-                s.ratio.push(ns / base_ns);
-                s.ns_added.push(per_op - base_op);
+                s.wall_ns.push(r.elapsed_ns as f64);
+                s.cpu_ns.push(r.cpu_ns.map_or(f64::NAN, |c| c as f64));
+                s.ops.push(r.ops as f64);
             }
         }
     }

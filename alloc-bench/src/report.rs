@@ -21,17 +21,38 @@ pub fn min_max(xs: &[f64]) -> (f64, f64) {
         })
 }
 
-/// Per-round measurements of one configuration on one workload.
+/// Per-round measurements of one configuration on one workload
+/// (index = round).
 #[derive(Debug, Clone, Default)]
 pub struct Series {
-    /// Workload time per round, ns.
-    pub elapsed_ns: Vec<f64>,
-    /// Time per op per round, ns.
-    pub ns_per_op: Vec<f64>,
-    /// Ratio to the System run of the same round.
-    pub ratio: Vec<f64>,
-    /// ns/op minus the System ns/op of the same round.
-    pub ns_added: Vec<f64>,
+    /// Wall time of the workload, ns.
+    pub wall_ns: Vec<f64>,
+    /// Process CPU time of the workload, ns (NaN if unavailable).
+    pub cpu_ns: Vec<f64>,
+    /// Logical operations.
+    pub ops: Vec<f64>,
+}
+
+impl Series {
+    /// Per-round ratio of `metric` to the same round of `base`.
+    fn ratios(&self, base: &Series, metric: fn(&Series) -> &Vec<f64>) -> Vec<f64> {
+        metric(self)
+            .iter()
+            .zip(metric(base))
+            .map(|(x, b)| x / b)
+            .filter(|r| r.is_finite())
+            .collect()
+    }
+
+    /// Per-round CPU (or, if unavailable, wall) ns per op.
+    fn ns_per_op(&self) -> Vec<f64> {
+        self.cpu_ns
+            .iter()
+            .zip(&self.wall_ns)
+            .zip(&self.ops)
+            .map(|((c, w), n)| if c.is_finite() { c / n } else { w / n })
+            .collect()
+    }
 }
 
 /// One row of the main table.
@@ -46,63 +67,107 @@ pub struct Row<'a> {
     pub baseline: &'a Series,
 }
 
+fn stat(xs: &[f64], prec: usize, signed: bool) -> String {
+    if xs.is_empty() {
+        return format!("{:>7} {:>17}", "n/a", "");
+    }
+    let (lo, hi) = min_max(xs);
+    if signed {
+        format!(
+            "{:>+7.p$} [{:>+6.p$}, {:>+6.p$}]",
+            median(xs),
+            lo,
+            hi,
+            p = prec
+        )
+    } else {
+        format!(
+            "{:>7.p$} [{:>6.p$}, {:>6.p$}]",
+            median(xs),
+            lo,
+            hi,
+            p = prec
+        )
+    }
+}
+
 /// Renders the ratio table (and the ns-added table for `unsampled_pair`).
 pub fn render(rows: &[Row<'_>], rounds: usize) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "Time ratio vs system, same round (median [min, max] over {rounds} rounds); \
-         'system' column = median System workload time (context only)\n\n"
+        "Ratio to the system run of the same round: median [min, max] over {rounds} rounds.\n\
+         cpu = process CPU time (user+sys, all threads), wall = wall time; both cover the\n\
+         workload only. 'system' = median system CPU time (context only). system/again is\n\
+         the same binary as system: its spread is the noise floor of this run.\n\n"
     ));
     out.push_str(&format!(
-        "{:<15} {:<14} {:>7} {:>17}   {:>10}\n",
-        "workload", "config", "median", "[min, max]", "system"
+        "{:<15} {:<13} {:>25}   {:>25}   {:>8}\n",
+        "workload", "config", "cpu ratio", "wall ratio", "system"
     ));
-    out.push_str(&format!("{}\n", "-".repeat(70)));
+    out.push_str(&format!("{}\n", "-".repeat(96)));
     let mut last = "";
     for r in rows {
         if r.workload != last && !last.is_empty() {
             out.push('\n');
         }
         last = r.workload;
-        let med = median(&r.series.ratio);
-        let (lo, hi) = min_max(&r.series.ratio);
-        let sys = median(&r.baseline.elapsed_ns) / 1e9;
+        let cpu = r.series.ratios(r.baseline, |s| &s.cpu_ns);
+        let wall = r.series.ratios(r.baseline, |s| &s.wall_ns);
+        let base: Vec<f64> = r
+            .baseline
+            .cpu_ns
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
+        let sys = if base.is_empty() {
+            median(&r.baseline.wall_ns)
+        } else {
+            median(&base)
+        };
         out.push_str(&format!(
-            "{:<15} {:<14} {:>7.3} [{:>6.3}, {:>6.3}]   {:>9.3}s\n",
-            r.workload, r.config, med, lo, hi, sys
+            "{:<15} {:<13} {}   {}   {:>7.3}s\n",
+            r.workload,
+            r.config,
+            stat(&cpu, 3, false),
+            stat(&wall, 3, false),
+            sys / 1e9
         ));
     }
     let micro: Vec<_> = rows
         .iter()
         .filter(|r| r.workload == "unsampled_pair")
         .collect();
-    if !micro.is_empty() {
+    if let Some(first) = micro.first() {
         out.push_str(
-            "\nunsampled_pair: 64 B alloc+dealloc pair, ns added vs system in the same round\n\n",
+            "\nunsampled_pair: 64 B alloc+dealloc pair, CPU ns per pair; \
+             ns added = minus system in the same round\n\n",
         );
         out.push_str(&format!(
-            "{:<14} {:>10} {:>10} {:>19}\n",
-            "config", "ns/pair", "ns added", "[min, max]"
+            "{:<13} {:>9}   {:>25}\n",
+            "config", "ns/pair", "ns added [min, max]"
         ));
-        out.push_str(&format!("{}\n", "-".repeat(56)));
-        if let Some(r) = micro.first() {
-            out.push_str(&format!(
-                "{:<14} {:>10.2} {:>10} {:>19}\n",
-                "system",
-                median(&r.baseline.ns_per_op),
-                "-",
-                ""
-            ));
-        }
+        out.push_str(&format!("{}\n", "-".repeat(51)));
+        out.push_str(&format!(
+            "{:<13} {:>9.2}   {:>25}\n",
+            "system",
+            median(&first.baseline.ns_per_op()),
+            "-"
+        ));
         for r in micro {
-            let (lo, hi) = min_max(&r.series.ns_added);
+            let base = r.baseline.ns_per_op();
+            let added: Vec<f64> = r
+                .series
+                .ns_per_op()
+                .iter()
+                .zip(&base)
+                .map(|(x, b)| x - b)
+                .collect();
             out.push_str(&format!(
-                "{:<14} {:>10.2} {:>+10.2} [{:>+7.2}, {:>+7.2}]\n",
+                "{:<13} {:>9.2}   {}\n",
                 r.config,
-                median(&r.series.ns_per_op),
-                median(&r.series.ns_added),
-                lo,
-                hi
+                median(&r.series.ns_per_op()),
+                stat(&added, 2, true)
             ));
         }
     }

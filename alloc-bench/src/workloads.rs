@@ -1,6 +1,6 @@
 //! Deterministic, seeded allocation workloads.
 //!
-//! Sizes are tuned so that each workload runs roughly 0.5–1.5 s under
+//! Sizes are tuned so that each workload runs roughly 0.5–1 s under
 //! `std::alloc::System` in release mode on the 2-core reference machine at
 //! `scale = 1.0`. `scale` multiplies the amount of work (`--quick` uses 1/8).
 
@@ -45,18 +45,18 @@ pub fn run(name: &str, scale: f64) -> Option<Outcome> {
 // ---- tuning knobs (scale = 1.0) -------------------------------------------
 
 /// Total churn steps, split evenly across the threads of churn1/2/8.
-const CHURN_STEPS: u64 = 8_000_000;
+const CHURN_STEPS: u64 = 5_000_000;
 /// Live window of the churn workloads (per thread).
 const CHURN_RING: usize = 10_000;
 /// Entries per HashMap build (scaled). 2M random-key inserts take ~1.5-2.5 s
-/// on the reference VM (memory-latency bound), so 800k x 2 builds.
-const HASHMAP_ENTRIES: u64 = 800_000;
+/// on the reference VM (memory-latency bound), so 600k x 2 builds.
+const HASHMAP_ENTRIES: u64 = 600_000;
 /// HashMap builds (not scaled, so --quick still repeats build-and-drop).
 const HASHMAP_REPS: u64 = 2;
 /// Iterations of the realloc workload.
-const REALLOC_ITERS: u64 = 500_000;
+const REALLOC_ITERS: u64 = 350_000;
 /// alloc+dealloc pairs of the microbenchmark.
-const PAIR_ITERS: u64 = 40_000_000;
+const PAIR_ITERS: u64 = 30_000_000;
 
 // ---- tiny deterministic PRNG ---------------------------------------------
 
