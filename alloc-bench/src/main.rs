@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run -p alloc-bench --release -- [--quick] [--workload NAME[,NAME..]]
-//!     [--config NAME[,NAME..]] [--runs N] [--scale F] [--write-results] [--no-build] [--list]
+//!     [--config NAME[,NAME..]] [--runs N] [--scale F] [--write-results [--note TEXT]]
+//!     [--no-build] [--list]
 //! ```
 //!
 //! `cargo run` only builds the selected binary, so unless `--no-build` is
@@ -80,6 +81,7 @@ struct Opts {
     workloads: Vec<String>,
     configs: Vec<&'static Config>,
     write_results: bool,
+    note: Option<String>,
     build: bool,
 }
 
@@ -87,7 +89,7 @@ fn usage() -> String {
     let cfgs: Vec<_> = CONFIGS.iter().map(|c| c.name).collect();
     format!(
         "usage: cargo run -p alloc-bench --release -- [--quick] [--workload NAME[,NAME..]] \
-         [--config NAME[,NAME..]] [--runs N] [--scale F] [--write-results] [--no-build] [--list]\n\
+         [--config NAME[,NAME..]] [--runs N] [--scale F] [--write-results [--note TEXT]] [--no-build] [--list]\n\
          workloads: {}\nconfigs:   {} (system is always run as the baseline)",
         workloads::ALL.join(", "),
         cfgs.join(", ")
@@ -102,6 +104,7 @@ fn parse_args() -> Result<Opts, String> {
         workloads: Vec::new(),
         configs: Vec::new(),
         write_results: false,
+        note: None,
         build: true,
     };
     let mut scale = None;
@@ -130,6 +133,7 @@ fn parse_args() -> Result<Opts, String> {
                 }
             }
             "--write-results" => o.write_results = true,
+            "--note" => o.note = Some(val()?),
             "--no-build" => o.build = false,
             "--list" | "--help" | "-h" => {
                 println!("{}", usage());
@@ -348,7 +352,8 @@ fn real_main() -> Result<(), String> {
              - command: `{}`\n\
              - scale: {} (workers timed in-process; ratios are per-round vs system, \
              configurations alternated with rotated order)\n\
-             - wall time of the measurement loop: {:.1} s\n\n\
+             - wall time of the measurement loop: {:.1} s\n\
+             {}\n\
              ```text\n{}```\n",
             report::nproc(),
             report::cpu_model(),
@@ -357,6 +362,9 @@ fn real_main() -> Result<(), String> {
             command_line(),
             o.scale,
             wall.as_secs_f64(),
+            o.note
+                .as_deref()
+                .map_or_else(String::new, |n| format!("- note: {n}\n")),
             table
         );
         std::fs::write(path, md).map_err(|e| format!("writing {path}: {e}"))?;
