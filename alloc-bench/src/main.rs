@@ -252,7 +252,17 @@ fn run_worker(dir: &Path, cfg: &Config, workload: &str, scale: f64) -> Result<Re
 }
 
 fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quote = |a: String| {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./,=:@%+".contains(c))
+        {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).map(quote).collect();
     let mut s = "cargo run -p alloc-bench --release".to_string();
     if !args.is_empty() {
         s.push_str(" -- ");
