@@ -83,8 +83,12 @@ fn valid_component(s: &str) -> bool {
 pub struct DumpStats {
     /// Signals the handler received in this process.
     pub signals_received: u64,
+    /// Signals served by a finished dump (one that started after they arrived).
+    pub signals_served: u64,
     /// Dumps started: each serves every signal received before it started.
     pub dumps: u64,
+    /// Dumps finished, whether or not every file could be written.
+    pub dumps_finished: u64,
     /// Dumps for which every profile file was written.
     pub dumps_written: u64,
     /// Files written (one per profile per dump).
@@ -95,14 +99,21 @@ pub struct DumpStats {
 }
 
 impl DumpStats {
-    /// Signals served by a dump started for an earlier signal of the same burst:
-    /// `signals_received − dumps` once the dump thread is idle.
+    /// Signals served by a dump shared with other signals of the same burst:
+    /// `signals_served − dumps_finished`.
     pub fn signals_coalesced(&self) -> u64 {
-        self.signals_received.saturating_sub(self.dumps)
+        self.signals_served.saturating_sub(self.dumps_finished)
+    }
+
+    /// Signals whose dump has not finished yet: `0` when the dump thread is idle.
+    pub fn signals_pending(&self) -> u64 {
+        self.signals_received.saturating_sub(self.signals_served)
     }
 }
 
+static SERVED: AtomicU64 = AtomicU64::new(0);
 static DUMPS: AtomicU64 = AtomicU64::new(0);
+static DUMPS_FINISHED: AtomicU64 = AtomicU64::new(0);
 static DUMPS_WRITTEN: AtomicU64 = AtomicU64::new(0);
 static FILES_WRITTEN: AtomicU64 = AtomicU64::new(0);
 static WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
@@ -110,7 +121,9 @@ static WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
 fn stats_now() -> DumpStats {
     DumpStats {
         signals_received: signal::RECEIVED.load(Ordering::Acquire),
+        signals_served: SERVED.load(Ordering::Acquire),
         dumps: DUMPS.load(Ordering::Acquire),
+        dumps_finished: DUMPS_FINISHED.load(Ordering::Acquire),
         dumps_written: DUMPS_WRITTEN.load(Ordering::Acquire),
         files_written: FILES_WRITTEN.load(Ordering::Acquire),
         write_errors: WRITE_ERRORS.load(Ordering::Acquire),
@@ -340,6 +353,9 @@ fn dump_once(
     if failed == 0 {
         DUMPS_WRITTEN.fetch_add(1, Ordering::AcqRel);
     }
+    // Served before finished: a reader that sees the finished count sees these signals served.
+    SERVED.store(covered, Ordering::Release);
+    DUMPS_FINISHED.fetch_add(1, Ordering::AcqRel);
     if !written.is_empty() {
         sys::write_stderr(&[format!(
             "heaprof: dump {seq} ({covered} signals received, {} coalesced): wrote {}\n",
