@@ -64,7 +64,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(a) = it.next() {
         if a == "--seconds" {
             let v = it.next().ok_or("--seconds needs a value")?;
-            args.seconds = Some(v.parse().map_err(|_| format!("--seconds {v:?}: not a number"))?);
+            args.seconds = Some(
+                v.parse()
+                    .map_err(|_| format!("--seconds {v:?}: not a number"))?,
+            );
         } else if a == "--until-eof" {
             args.until_eof = true;
         } else if a.starts_with('-') {
@@ -149,7 +152,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
-        if args.seconds.is_some_and(|s| start.elapsed() >= Duration::from_secs(s)) {
+        if args
+            .seconds
+            .is_some_and(|s| start.elapsed() >= Duration::from_secs(s))
+        {
             break;
         }
     }

@@ -306,10 +306,10 @@ fn dump_thread(reader: signal::PipeReader, handle: DumpHandle, profiles: Vec<Pro
     let mut reported: HashSet<(String, io::ErrorKind)> = HashSet::new();
     loop {
         if let Err(e) = reader.wait() {
-            sys::write_stderr(&[
-                format!("heaprof: signal dumps stop: reading the wake-up pipe failed: {e}\n")
-                    .as_bytes(),
-            ]);
+            sys::write_stderr(&[format!(
+                "heaprof: signal dumps stop: reading the wake-up pipe failed: {e}\n"
+            )
+            .as_bytes()]);
             return;
         }
         dump_once(&handle, &profiles, &mut reported);

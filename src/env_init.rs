@@ -51,9 +51,10 @@ static AT_EXIT_RAN: AtomicBool = AtomicBool::new(false);
 /// kills the process or on `abort`.
 ///
 /// ```no_run
-/// fn main() {
-///     heaprof::init_from_env(); // HEAPROF_DUMP_SIGNAL=USR1 HEAPROF_DUMP_DIR=/var/tmp ./app
-///     // ...
+/// // First line of `main`; then run: HEAPROF_DUMP_SIGNAL=USR1 HEAPROF_DUMP_DIR=/var/tmp ./app
+/// let enabled = heaprof::init_from_env();
+/// if let Some(d) = &enabled.dump {
+///     eprintln!("heap dumps on signal {} into {}", d.signal(), d.dir().display());
 /// }
 /// ```
 pub fn init_from_env() -> EnvInit {
@@ -69,7 +70,9 @@ pub fn init_from_env() -> EnvInit {
 
 fn warn(var: &str, value: &OsString, why: &str, consequence: &str) {
     let shown: String = value.to_string_lossy().chars().take(128).collect();
-    sys::write_stderr(&[format!("heaprof: ignoring {var}={shown}: {why}; {consequence}\n").as_bytes()]);
+    sys::write_stderr(&[
+        format!("heaprof: ignoring {var}={shown}: {why}; {consequence}\n").as_bytes(),
+    ]);
 }
 
 fn var_str(var: &str, consequence: &str) -> Option<String> {
@@ -86,7 +89,11 @@ fn var_str(var: &str, consequence: &str) -> Option<String> {
 fn dump_from_env() -> Option<DumpHandle> {
     const OFF: &str = "signal dumps stay off";
     let Some(sig_name) = var_str("HEAPROF_DUMP_SIGNAL", OFF) else {
-        for var in ["HEAPROF_DUMP_DIR", "HEAPROF_DUMP_PREFIX", "HEAPROF_DUMP_PROFILES"] {
+        for var in [
+            "HEAPROF_DUMP_DIR",
+            "HEAPROF_DUMP_PREFIX",
+            "HEAPROF_DUMP_PROFILES",
+        ] {
             if let Some(v) = std::env::var_os(var) {
                 warn(var, &v, "HEAPROF_DUMP_SIGNAL is not set", OFF);
             }
@@ -97,7 +104,12 @@ fn dump_from_env() -> Option<DumpHandle> {
     let signal = match dump::parse_signal(&sig_name) {
         Ok(s) => s,
         Err(why) => {
-            warn("HEAPROF_DUMP_SIGNAL", &raw("HEAPROF_DUMP_SIGNAL"), &why, OFF);
+            warn(
+                "HEAPROF_DUMP_SIGNAL",
+                &raw("HEAPROF_DUMP_SIGNAL"),
+                &why,
+                OFF,
+            );
             return None;
         }
     };
@@ -193,7 +205,10 @@ extern "C" fn write_at_exit() {
         let msg = match profile::lookup("heap") {
             None => "heaprof: HEAPROF_DUMP_AT_EXIT: no heap profile registered\n".to_string(),
             Some(p) => match dump::write_profile_file(path, &p) {
-                Ok(()) => format!("heaprof: wrote the heap profile to {} at exit\n", path.display()),
+                Ok(()) => format!(
+                    "heaprof: wrote the heap profile to {} at exit\n",
+                    path.display()
+                ),
                 Err(e) => format!(
                     "heaprof: HEAPROF_DUMP_AT_EXIT: cannot write {}: {e}\n",
                     path.display()
@@ -221,6 +236,8 @@ mod tests {
             check_exit_path(&std::env::temp_dir()).unwrap_err(),
             "is a directory"
         );
-        assert!(check_exit_path(Path::new("rel.pb.gz")).unwrap().is_absolute());
+        assert!(check_exit_path(Path::new("rel.pb.gz"))
+            .unwrap()
+            .is_absolute());
     }
 }

@@ -98,7 +98,11 @@ impl Response {
 
     /// Go's `serveError`: plain text, `X-Go-Pprof: 1`, the message and a newline.
     fn error(status: u16, msg: &str) -> Self {
-        let mut r = Response::new(status, "text/plain; charset=utf-8", format!("{msg}\n").into());
+        let mut r = Response::new(
+            status,
+            "text/plain; charset=utf-8",
+            format!("{msg}\n").into(),
+        );
         r.headers.push(("X-Go-Pprof".into(), "1".into()));
         r
     }
@@ -244,10 +248,7 @@ fn index() -> Response {
         ("profile", "profile"),
         ("symbol", "symbol"),
     ] {
-        let _ = writeln!(
-            h,
-            "<tr><td></td><td><a href='{link}'>{name}</a></td></tr>"
-        );
+        let _ = writeln!(h, "<tr><td></td><td><a href='{link}'>{name}</a></td></tr>");
         described.push(name.to_string());
     }
     h.push_str("</table>\n<br>\n<p>\nProfile Descriptions:\n<ul>\n");
@@ -495,7 +496,10 @@ mod tests {
     #[test]
     fn routes_and_errors_like_go() {
         let r = handle("/debug/pprof/no.such");
-        assert_eq!((r.status, r.body.as_slice()), (404, &b"Unknown profile\n"[..]));
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (404, &b"Unknown profile\n"[..])
+        );
         assert_eq!(r.header("x-go-pprof"), Some("1"));
         assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
         for bad in ["x", "0", "-3", "1.5"] {
@@ -510,7 +514,9 @@ mod tests {
         assert_eq!(handle("/debug/pprof").header("location"), Some(PREFIX));
         let cpu = handle("/debug/pprof/profile?seconds=1");
         assert_eq!(cpu.status, 404);
-        assert!(cpu.body.starts_with(b"CPU profiling not available in this build"));
+        assert!(cpu
+            .body
+            .starts_with(b"CPU profiling not available in this build"));
     }
 
     #[test]
@@ -557,6 +563,9 @@ mod tests {
         let r = handle(&format!("/debug/pprof/symbol?{pc:#x}+junk"));
         let text = String::from_utf8(r.body).unwrap();
         assert!(text.starts_with("num_symbols: 1\n"), "{text}");
-        assert!(text.contains(&format!("{pc:#x} ")) && text.contains("go_atoi"), "{text}");
+        assert!(
+            text.contains(&format!("{pc:#x} ")) && text.contains("go_atoi"),
+            "{text}"
+        );
     }
 }

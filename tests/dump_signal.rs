@@ -49,7 +49,12 @@ fn assert_heap_profile(path: &Path) {
         .collect();
     assert_eq!(
         types,
-        ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"],
+        [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space"
+        ],
         "{}",
         path.display()
     );
@@ -75,7 +80,10 @@ fn each_signal_writes_a_complete_distinct_private_file() {
     assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), [1, 2, 3]);
     for (_, f) in &files {
         assert_heap_profile(f);
-        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     // The last one shows the workload's live session cache.
     let p = common::decode(&std::fs::read(&files[2].1).unwrap());
@@ -136,14 +144,21 @@ fn burst_of_100_signals_coalesces_serves_all_and_never_shows_a_partial_file() {
     );
     // Standard signals pending at once merge in the kernel: 2..=101 reach the handler.
     assert!((2..=101).contains(&stats.signals_received), "{stats:?}");
-    assert_eq!(stats.signals_served, stats.signals_received, "a signal went unserved");
+    assert_eq!(
+        stats.signals_served, stats.signals_received,
+        "a signal went unserved"
+    );
     assert_eq!(stats.dumps, stats.dumps_finished);
     assert_eq!(stats.files_written, stats.dumps);
     assert_eq!(stats.write_errors, 0);
     assert_eq!(stats.coalesced, stats.signals_received - stats.dumps);
     let files = final_files(&dir, pid);
     let seqs: Vec<u64> = files.iter().map(|f| f.0).collect();
-    assert_eq!(seqs, (1..=stats.dumps).collect::<Vec<_>>(), "distinct, in order, none lost");
+    assert_eq!(
+        seqs,
+        (1..=stats.dumps).collect::<Vec<_>>(),
+        "distinct, in order, none lost"
+    );
     assert_eq!(seen.len() as u64, stats.dumps);
     assert!(checked.load(Ordering::Relaxed) > 0);
     // One stderr line per dump, the last one counting every signal received.

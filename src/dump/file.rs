@@ -137,7 +137,10 @@ mod tests {
         let p = d.join("a.pb.gz");
         write_atomic(&p, |w| w.write_all(b"hello")).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hello");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(entries(&d), ["a.pb.gz"]);
         write_atomic(&p, |w| w.write_all(b"second")).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"second");

@@ -69,7 +69,9 @@ pub fn parse(name: &str) -> Result<c_int, String> {
                     .ok_or_else(|| format!("{name:?}: bad offset after RTMIN+"))?
             } else {
                 bare.parse::<c_int>().map_err(|_| {
-                    format!("{name:?} is not a signal name (USR1, USR2, HUP, WINCH, RTMIN+N) or number")
+                    format!(
+                        "{name:?} is not a signal name (USR1, USR2, HUP, WINCH, RTMIN+N) or number"
+                    )
                 })?
             }
         }
@@ -144,7 +146,10 @@ impl PipeReader {
                 return Ok(n as usize);
             }
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "self-pipe closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "self-pipe closed",
+                ));
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -187,8 +192,8 @@ pub fn install(sig: c_int) -> io::Result<PipeReader> {
 
     // SAFETY: zeroed is a valid starting sigaction; the fields are set below.
     let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
-    act.sa_sigaction = on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)
-        as usize;
+    act.sa_sigaction =
+        on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
     act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
     // SAFETY: `act.sa_mask` is a valid sigset to initialize.
     unsafe { libc::sigemptyset(&mut act.sa_mask) };
@@ -237,7 +242,9 @@ mod tests {
         assert_eq!(parse("HUP"), Ok(libc::SIGHUP));
         assert_eq!(parse("10"), Ok(libc::SIGUSR1));
         assert_eq!(parse("RTMIN+2"), Ok(libc::SIGRTMIN() + 2));
-        for bad in ["", "USR3", "KILL", "9", "PROF", "SEGV", "RTMIN+99", "RTMIN+x"] {
+        for bad in [
+            "", "USR3", "KILL", "9", "PROF", "SEGV", "RTMIN+99", "RTMIN+x",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse("9").unwrap_err().contains("not allowed"));
