@@ -24,11 +24,14 @@ fn chains_to_the_previous_handler_and_installs_once() {
     // SAFETY: a zeroed sigaction is valid; the handler has the SA_SIGINFO signature.
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = foreign as extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void)
-            as usize;
+        act.sa_sigaction =
+            foreign as extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) as usize;
         act.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut act.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR2, &act, std::ptr::null_mut()), 0);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &act, std::ptr::null_mut()),
+            0
+        );
     }
     let dir = std::env::temp_dir().join(format!("heaprof-chain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -43,7 +46,11 @@ fn chains_to_the_previous_handler_and_installs_once() {
 
     // SAFETY: raise(3) delivers SIGUSR2 to this thread before returning.
     assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
-    assert_eq!(FOREIGN_CALLS.load(Ordering::SeqCst), 1, "previous handler not called");
+    assert_eq!(
+        FOREIGN_CALLS.load(Ordering::SeqCst),
+        1,
+        "previous handler not called"
+    );
     assert_eq!(FOREIGN_SIGNO.load(Ordering::SeqCst), libc::SIGUSR2);
 
     let deadline = Instant::now() + Duration::from_secs(300); // hang guard only
@@ -52,11 +59,17 @@ fn chains_to_the_previous_handler_and_installs_once() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let st = h.stats();
-    assert_eq!((st.signals_received, st.files_written, st.write_errors), (1, 2, 0));
+    assert_eq!(
+        (st.signals_received, st.files_written, st.write_errors),
+        (1, 2, 0)
+    );
     assert_eq!(heaprof::dump_stats(), Some(st));
     for name in ["heap", "allocs"] {
         let bytes = std::fs::read(h.path_for(1, name)).unwrap();
-        assert!(heaprof::top_table(&bytes, 5).is_ok(), "{name} does not decode");
+        assert!(
+            heaprof::top_table(&bytes, 5).is_ok(),
+            "{name} does not decode"
+        );
     }
 
     let again = heaprof::dump_on_signal(heaprof::DumpConfig {

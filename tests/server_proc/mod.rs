@@ -107,7 +107,9 @@ impl Server {
             stderr,
             stderr_lines: Vec::new(),
         };
-        let ready = s.next_stdout().expect("server exited before its ready line");
+        let ready = s
+            .next_stdout()
+            .expect("server exited before its ready line");
         assert!(ready.starts_with("heaprof-server pid="), "{ready}");
         let http = ready
             .split_whitespace()
@@ -147,7 +149,10 @@ impl Server {
                         return l;
                     }
                 }
-                Err(e) => panic!("waiting for a stderr line: {e:?}; seen: {:#?}", self.stderr_lines),
+                Err(e) => panic!(
+                    "waiting for a stderr line: {e:?}; seen: {:#?}",
+                    self.stderr_lines
+                ),
             }
         }
     }
@@ -166,7 +171,11 @@ impl Server {
         while let Ok(l) = self.stderr.recv_timeout(PATIENCE) {
             self.stderr_lines.push(l);
         }
-        assert!(status.success(), "server failed: {status}; stderr {:#?}", self.stderr_lines);
+        assert!(
+            status.success(),
+            "server failed: {status}; stderr {:#?}",
+            self.stderr_lines
+        );
         let mut s = stats.expect("no stats line");
         s.stderr = std::mem::take(&mut self.stderr_lines);
         s
@@ -198,7 +207,9 @@ impl Stats {
     fn parse(line: &str) -> Stats {
         let mut s = Stats::default();
         for w in line.split_whitespace() {
-            let Some((k, v)) = w.split_once('=') else { continue };
+            let Some((k, v)) = w.split_once('=') else {
+                continue;
+            };
             let v: u64 = v.parse().unwrap();
             match k {
                 "signals_received" => s.signals_received = v,
