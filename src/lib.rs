@@ -5,8 +5,12 @@
 mod alloc;
 mod buckets;
 mod config;
+mod dump;
+mod env_init;
 mod error;
 mod heap;
+#[cfg(feature = "http")]
+pub mod http;
 mod live;
 mod pprof;
 mod profile;
@@ -21,6 +25,8 @@ mod unwind;
 
 pub use alloc::ProfilingAllocator;
 pub use config::DEFAULT_SAMPLE_RATE;
+pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
+pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
 pub use profile::{lookup, profiles, write_heap_profile, Profile};
 pub use report::top_table;
