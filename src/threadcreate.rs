@@ -7,14 +7,16 @@
 //! ([`snapshot`], [`created`]); by crate modules that need a per-thread start hook
 //! ([`register_thread_start_hook`]). Must never: allocate through the Rust global allocator
 //! on the creation path (it may run before `main`, from C, or from inside another library),
-//! take a lock, or fail a thread creation that the real `pthread_create` would have done.
+//! take a lock (the unwinder's first use in the process takes the loader lock once, for
+//! `dl_iterate_phdr`), or fail a thread creation that the real `pthread_create` would have done.
 //!
 //! # How it works
 //! The crate exports `#[no_mangle] pthread_create`. Linked into an executable, that
 //! definition wins over glibc's for every call from the executable's own code (std's
-//! `Thread::new`, rayon, `libc::pthread_create` from Rust or C objects linked in) and for
-//! calls through the PLT of shared libraries that were on the link line (the linker exports
-//! the symbol for them). The interposer
+//! `Thread::new`, rayon, `libc::pthread_create` from Rust or C objects linked in). The linker
+//! also exports it dynamically (libc, on the link line, defines the same symbol), so shared
+//! libraries, `dlopen`ed ones included, bind their PLT/GOT calls to it too (tested). The
+//! interposer
 //! 1. resolves glibc's function once with `dlsym(RTLD_NEXT, "pthread_create")` (dlsym may
 //!    `calloc` through glibc's malloc, never through ours; the profiler guard is set anyway);
 //! 2. captures the creator's stack with [`crate::unwind::capture`] under the profiler guard,
@@ -32,9 +34,11 @@
 //! - glibc Linux only (`target_env = "gnu"`); elsewhere nothing is interposed and the profile
 //!   stays empty (static musl has no `RTLD_NEXT`, and its `pthread_create` would clash).
 //! - Not seen: threads made with raw `clone`; threads glibc creates internally (e.g. the
-//!   `SIGEV_THREAD` timer helper) since libc calls its own symbol directly; `dlopen`ed
-//!   libraries, whose GOT binds to glibc because the executable does not export the symbol
-//!   dynamically (linking with `-C link-arg=-rdynamic` makes it visible to them too).
+//!   `SIGEV_THREAD` timer helper), since libc calls its own symbol directly; code that
+//!   resolves `pthread_create` with `dlsym(RTLD_NEXT, ..)` itself; heaprof built into a
+//!   `cdylib` loaded with `RTLD_LOCAL` (then only that library's own calls are seen).
+//! - A tail call to `pthread_create` (or to `thread::spawn`) removes the caller's frame from
+//!   the recorded stack, as for any return-address stack.
 //! - Threads created before `main` (C constructors) are seen.
 //! - At most [`TABLE_SLOTS`] distinct creation stacks; more are counted under the overflow
 //!   pseudo-frame. Stacks are at most `MAX_DEPTH` frames, shared with the heap profile's
@@ -86,6 +90,7 @@ pub(crate) fn register_thread_start_hook(f: fn()) -> bool {
     false
 }
 
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 fn run_start_hooks() {
     for h in &HOOKS {
         let p = h.load(Ordering::Acquire);
@@ -99,6 +104,7 @@ fn run_start_hooks() {
 }
 
 /// Counts one created thread under `stack_id`. Lock-free, allocation-free.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 fn record(stack_id: u32) {
     CREATED.fetch_add(1, Ordering::Relaxed);
     let key = stack_id.wrapping_add(1).max(1);
