@@ -121,9 +121,8 @@ impl CustomProfile {
     }
 
     fn shard<K: ProfileKey>(&self, key: &K) -> &Mutex<KeyMap> {
-        let mut h = self.shard_hasher.build_hasher();
-        (key as &dyn ErasedKey).hash(&mut h);
-        &self.shards[(h.finish() >> 32) as usize % SHARDS].0
+        let h = self.shard_hasher.hash_one(key as &dyn ErasedKey);
+        &self.shards[(h >> 32) as usize % SHARDS].0
     }
 
     /// Associates `key` with `stack_id`; false (and nothing changed) if `key` is present.

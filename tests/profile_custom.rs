@@ -79,7 +79,7 @@ fn duplicate_keys_and_predefined_profiles_refuse_add() {
     assert_eq!(p.count(), 2);
     p.remove(&7usize);
     p.remove(&7usize); // absent: no-op
-    assert_eq!(p.try_remove(&7usize).unwrap(), false);
+    assert!(!p.try_remove(&7usize).unwrap());
     assert_eq!(p.count(), 1);
     p.add(7usize, 0); // re-adding after removal is fine
 
