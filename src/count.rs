@@ -11,9 +11,9 @@ use std::io::{self, Write};
 use crate::heap::{table_overflow, OVERFLOW_FRAME};
 use crate::pprof::builder::ProfileBuilder;
 use crate::pprof::text::{self, CountRecord};
-use crate::stacktab::OVERFLOW_STACK;
+use crate::stacktab::{StackTable, OVERFLOW_STACK};
 use crate::symbolize::Symbolizer;
-use crate::{sys, tables, tls};
+use crate::{sys, tls};
 
 /// Name of the pseudo-function of entries whose recorded stack is empty (a `skip` larger than
 /// the stack), like Go's `runtime/pprof.lostProfileEvent`.
@@ -27,12 +27,11 @@ struct Group {
 
 /// Resolves ids to frames and merges ids with identical frames (a race in the stack table
 /// can give one stack two ids). Sorted by count desc, then stack, so output is deterministic.
-fn groups(ids: &[(u32, u64)]) -> Vec<Group> {
-    let tables = tables::get_if_created();
+fn groups(ids: &[(u32, u64)], stacks: Option<&StackTable>) -> Vec<Group> {
     let mut merged: HashMap<Option<Vec<usize>>, i64> = HashMap::new();
     let mut frames = Vec::new();
     for &(id, count) in ids {
-        let ok = id != OVERFLOW_STACK && tables.is_some_and(|t| t.stacks.read(id, &mut frames));
+        let ok = id != OVERFLOW_STACK && stacks.is_some_and(|t| t.read(id, &mut frames));
         let key = ok.then(|| frames.clone());
         *merged.entry(key).or_insert(0) += count as i64;
     }
@@ -44,7 +43,8 @@ fn groups(ids: &[(u32, u64)]) -> Vec<Group> {
     out
 }
 
-/// Writes the count profile `name` from `(stack id, count)` pairs. `debug = 0`: gzip pprof
+/// Writes the count profile `name` from `(stack id, count)` pairs, ids of `stacks`
+/// (`None`: no stack was ever stored, every id counts as overflow). `debug = 0`: gzip pprof
 /// with `sample_type` = [{name, count}], `period_type` = {name, count}, `period` = 1, one
 /// sample per distinct stack. Any other `debug`: Go's legacy count text. `trim` hides leading
 /// plumbing frames (unless none would remain).
@@ -52,11 +52,12 @@ pub fn write(
     w: &mut dyn Write,
     name: &str,
     ids: &[(u32, u64)],
+    stacks: Option<&StackTable>,
     debug: u8,
     trim: Option<fn(&str) -> bool>,
 ) -> io::Result<()> {
     let _guard = tls::ProfilerGuard::enter();
-    let groups = groups(ids);
+    let groups = groups(ids, stacks);
     if debug == 0 {
         let mut b = ProfileBuilder::new(&[(name, "count")], (name, "count"), 1);
         b.set_time_nanos(sys::now_unix_nanos());

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::custom::{self, CustomProfile, ProfileKey};
 use crate::error::Error;
 use crate::heap::{self, HeapView};
-use crate::{count, threadcreate};
+use crate::{count, tables, threadcreate};
 
 /// A profile heaprof records itself.
 struct Predefined {
@@ -45,13 +45,9 @@ static PREDEFINED: &[Predefined] = &[
         count: || threadcreate::created() as usize,
         write: |w, d| {
             let ids = threadcreate::snapshot();
-            count::write(
-                w,
-                "threadcreate",
-                &ids,
-                d,
-                Some(threadcreate::is_spawn_frame),
-            )
+            let stacks = threadcreate::stacks_if_created();
+            let trim = Some(threadcreate::is_spawn_frame as fn(&str) -> bool);
+            count::write(w, "threadcreate", &ids, stacks, d, trim)
         },
     },
 ];
@@ -270,7 +266,8 @@ impl Profile {
             Kind::Custom(c) => {
                 // Copied under the shard locks, written with none held.
                 let ids = c.snapshot();
-                count::write(&mut w, c.name(), &ids, debug, None)
+                let stacks = tables::get_if_created().map(|t| &t.stacks);
+                count::write(&mut w, c.name(), &ids, stacks, debug, None)
             }
         }
     }

@@ -20,7 +20,7 @@
 //! 1. resolves glibc's function once with `dlsym(RTLD_NEXT, "pthread_create")` (dlsym may
 //!    `calloc` through glibc's malloc, never through ours; the profiler guard is set anyway);
 //! 2. captures the creator's stack with [`crate::unwind::capture`] under the profiler guard,
-//!    drops its own two frames and interns it in the shared stack table;
+//!    drops its own two frames and interns it in a stack table of its own;
 //! 3. wraps the start routine: a `malloc`ed `(start, arg)` pair handed to a trampoline that
 //!    frees it in the new thread, runs [`crate::unwind::thread_init`] and the registered start
 //!    hooks, then calls the user's routine (as `C-unwind`, so `pthread_exit` and cancellation
@@ -41,12 +41,12 @@
 //!   the recorded stack, as for any return-address stack.
 //! - Threads created before `main` (C constructors) are seen.
 //! - At most [`TABLE_SLOTS`] distinct creation stacks; more are counted under the overflow
-//!   pseudo-frame. Stacks are at most `MAX_DEPTH` frames, shared with the heap profile's
-//!   stack table (whose overflow also lands there).
+//!   pseudo-frame. Stacks are at most `MAX_DEPTH` frames.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::stacktab::OVERFLOW_STACK;
+use crate::stacktab::{StackSlot, StackTable, OVERFLOW_STACK};
+use crate::sys;
 
 /// Distinct creation stacks the count table holds.
 pub const TABLE_SLOTS: usize = 1024;
@@ -70,6 +70,36 @@ static TABLE: [Slot; TABLE_SLOTS] = [const {
 static TABLE_OVERFLOWED: AtomicU64 = AtomicU64::new(0);
 /// Threads created, in total.
 static CREATED: AtomicU64 = AtomicU64::new(0);
+
+/// Creation stacks: a table of their own, so creating a thread (which may happen before
+/// `main`, or in a test harness before the test) never fixes the capacity of the shared
+/// tables ([`crate::set_table_capacity`] must still work afterwards). `TABLE_SLOTS` slots of
+/// `stacktab::SLOT_BYTES` (~540 KB virtual, resident as used), mapped on first thread creation.
+static STACKS: spin::Once<Option<StackTable>> = spin::Once::new();
+
+/// The creation-stack table, created on first call (`None` if the OS refused the memory).
+/// Never allocates through the global allocator.
+fn stacks() -> Option<&'static StackTable> {
+    STACKS
+        .call_once(|| {
+            let n = TABLE_SLOTS + 1;
+            let p = sys::map_zeroed(n * core::mem::size_of::<StackSlot>());
+            if p.is_null() {
+                return None;
+            }
+            // SAFETY: the mapping is page-aligned, zeroed and large enough for `n` slots;
+            // a slot is made of atomics, for which all-zero bytes are valid; it is never
+            // unmapped, so 'static holds.
+            let slots = unsafe { core::slice::from_raw_parts(p.cast::<StackSlot>(), n) };
+            Some(StackTable::new(slots))
+        })
+        .as_ref()
+}
+
+/// The creation-stack table if any thread was recorded (writers never create it).
+pub fn stacks_if_created() -> Option<&'static StackTable> {
+    STACKS.get().and_then(|t| t.as_ref())
+}
 
 /// Start hooks: `fn()` pointers stored as `usize`; 0 = free.
 static HOOKS: [AtomicUsize; MAX_HOOKS] = [const { AtomicUsize::new(0) }; MAX_HOOKS];
@@ -175,7 +205,7 @@ mod interpose {
 
     use crate::stacktab::OVERFLOW_STACK;
     use crate::unwind::{self, MAX_DEPTH};
-    use crate::{sys, tables, tls};
+    use crate::{sys, tls};
 
     /// A start routine, called as `C-unwind` so forced unwinding (`pthread_exit`,
     /// cancellation) may pass through our trampoline.
@@ -224,7 +254,7 @@ mod interpose {
         let mut frames = [0usize; MAX_DEPTH + 2];
         let n = unwind::capture(&mut frames);
         let stack = &frames[n.min(2)..n];
-        tables::get().map_or(OVERFLOW_STACK, |t| t.stacks.intern(stack))
+        super::stacks().map_or(OVERFLOW_STACK, |t| t.intern(stack))
     }
 
     /// Runs in the new thread before its start routine.
