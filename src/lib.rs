@@ -5,6 +5,8 @@
 mod alloc;
 mod buckets;
 mod config;
+mod count;
+mod custom;
 mod dump;
 mod env_init;
 mod error;
@@ -20,15 +22,17 @@ mod stacktab;
 mod symbolize;
 mod sys;
 mod tables;
+mod threadcreate;
 mod tls;
 mod unwind;
 
 pub use alloc::ProfilingAllocator;
 pub use config::DEFAULT_SAMPLE_RATE;
+pub use custom::ProfileKey;
 pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
 pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
-pub use profile::{lookup, profiles, write_heap_profile, Profile};
+pub use profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 pub use report::top_table;
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
