@@ -55,7 +55,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use framehop::{FrameAddress, UnwindRegsNative, Unwinder as _};
 
-use cache_pool::Cache;
+use cache_pool::CacheSet;
 use modules::State;
 
 /// Maximum frames captured; deeper stacks are truncated (the outermost frames are dropped,
@@ -175,7 +175,7 @@ pub fn capture(frames: &mut [usize]) -> usize {
             Some(mut lease) => walk.run(state, lease.cache(), frames),
             None => {
                 POOL_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
-                let mut tmp = Box::new(Cache::new_in());
+                let mut tmp = CacheSet::new();
                 walk.run(state, &mut tmp, frames)
             }
         },
@@ -293,7 +293,7 @@ impl Walk {
     /// Unwind into `frames`, return the count. Terminates: every iteration records a frame
     /// (bounded by `frames.len()`), crosses a signal frame (bounded by MAX_SIGNAL_FRAMES), or
     /// stops; the first iteration may record nothing.
-    fn run(self, mut state: &'static State, cache: &mut Cache, frames: &mut [usize]) -> usize {
+    fn run(self, mut state: &'static State, caches: &mut CacheSet, frames: &mut [usize]) -> usize {
         let Walk {
             first,
             regs,
@@ -346,10 +346,12 @@ impl Walk {
                 }
             }
             let mut read = |a: u64| read_word(a, lo, hi);
-            match state
-                .unwinder
-                .unwind_frame(address, &mut regs, cache, &mut read)
-            {
+            match state.unwinder.unwind_frame(
+                address,
+                &mut regs,
+                caches.for_address(lookup as u64),
+                &mut read,
+            ) {
                 Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
                     Some(next) => address = next,
                     None => break,
