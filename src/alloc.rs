@@ -17,7 +17,7 @@ use std::alloc::System;
 
 use crate::sampler::{self, Weight};
 use crate::tls::{self, ThreadState};
-use crate::{config, live, tables, unwind};
+use crate::{config, live, peak, tables, unwind};
 
 /// Countdown used while sampling is off, so threads notice a rate change within this many
 /// bytes of allocation.
@@ -197,8 +197,10 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
             return base; // out of memory: record nothing
         }
         let stack = t.stacks.intern(&frames[..depth]);
-        let bucket = t.buckets.find(stack, layout.size() as u64);
+        let labels = tls::with(|s| s.labels.get());
+        let bucket = t.buckets.find(stack, labels, layout.size() as u64);
         t.buckets.record_alloc(bucket, layout.size() as u64, w);
+        peak::on_alloc(&t.buckets, t.peak, w.bytes);
         // SAFETY: `base` is a fresh inner block of `inner_layout`; the reservation for an
         // over-aligned layout was made above.
         unsafe { live::tag(base, layout, bucket, w) }
@@ -215,20 +217,20 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
         let Some((h, base)) = (unsafe { live::lookup(ptr, layout, true) }) else {
             return false;
         };
+        let w = Weight {
+            objects_fp: h.objects_fp,
+            bytes: h.bytes_w,
+        };
         if let Some(t) = tables::get_if_created() {
-            t.buckets.record_free(
-                h.bucket,
-                layout.size() as u64,
-                Weight {
-                    objects_fp: h.objects_fp,
-                    bytes: h.bytes_w,
-                },
-            );
+            t.buckets.record_free(h.bucket, layout.size() as u64, w);
+            peak::on_free(w.bytes);
         }
-        let inner_layout = live::inner_layout(layout)
-            .expect("a sampled block's layout fitted when it was allocated");
-        // SAFETY: `base` is the inner block `tag` was given, allocated with `inner_layout`.
-        unsafe { self.inner.dealloc(base, inner_layout) };
+        // `inner_layout` succeeded for this layout when the block was allocated, so it does
+        // again; were it ever not to, leaking the block beats aborting inside `dealloc`.
+        if let Some(inner_layout) = live::inner_layout(layout) {
+            // SAFETY: `base` is the inner block `tag` was given, allocated with `inner_layout`.
+            unsafe { self.inner.dealloc(base, inner_layout) };
+        }
         true
     }
 

@@ -1,4 +1,5 @@
-//! Heap buckets: per (stack, allocation size) counters of sampled allocations and frees.
+//! Heap buckets: per (stack, label set, allocation size) counters of sampled allocations
+//! and frees.
 //!
 //! Keyed like Go's memory profile records, so one record holds one object size and the
 //! legacy text format's rescaling (by average size) is exact. Each bucket also accumulates
@@ -23,6 +24,7 @@ const MAX_PROBES: usize = 256;
 pub struct Bucket {
     key: AtomicU64,
     stack: AtomicU32,
+    labels: AtomicU32,
     size: AtomicU64,
     alloc_count: AtomicU64,
     alloc_bytes: AtomicU64,
@@ -44,6 +46,8 @@ pub const BUCKET_BYTES: usize = core::mem::size_of::<Bucket>();
 pub struct BucketSnapshot {
     /// Stack id in the stack table.
     pub stack: u32,
+    /// Label set id (see `labels`; 0 = none).
+    pub labels: u32,
     /// Object size in bytes (0 for the overflow bucket, which mixes sizes).
     pub size: u64,
     /// Sampled allocations (raw count).
@@ -67,33 +71,43 @@ pub struct BucketSnapshot {
 /// The fixed bucket table.
 pub struct BucketTable {
     buckets: &'static [Bucket],
+    /// Ids of the buckets in use, in creation order (`used` of them are valid), so that
+    /// the peak snapshot walks only those.
+    order: &'static [AtomicU32],
+    used: AtomicU32,
     overflowed: AtomicU64,
 }
 
-fn hash_key(stack: u32, size: u64) -> u64 {
-    let mut h = (stack as u64) << 32 ^ size.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+fn hash_key(stack: u32, labels: u32, size: u64) -> u64 {
+    let mut h =
+        ((stack as u64) << 32 | labels as u64) ^ size.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
     h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h | 2
 }
 
 impl BucketTable {
-    /// Builds a table over zeroed buckets (`buckets[0]` is the overflow bucket).
-    pub fn new(buckets: &'static [Bucket]) -> Self {
+    /// Builds a table over zeroed buckets (`buckets[0]` is the overflow bucket) and a
+    /// zeroed `order` array of the same length.
+    pub fn new(buckets: &'static [Bucket], order: &'static [AtomicU32]) -> Self {
         assert!(
             buckets.len() >= 2,
             "a bucket table needs the overflow bucket and one more"
         );
         buckets[0].stack.store(OVERFLOW_STACK, Ordering::Relaxed);
+        assert_eq!(order.len(), buckets.len());
         BucketTable {
             buckets,
+            order,
+            used: AtomicU32::new(0),
             overflowed: AtomicU64::new(0),
         }
     }
 
-    /// Finds or creates the bucket of (`stack`, `size`); [`OVERFLOW_BUCKET`] when full.
-    pub fn find(&self, stack: u32, size: u64) -> u32 {
-        let key = hash_key(stack, size);
+    /// Finds or creates the bucket of (`stack`, `labels`, `size`); [`OVERFLOW_BUCKET`] when
+    /// full.
+    pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
+        let key = hash_key(stack, labels, size);
         let usable = self.buckets.len() - 1;
         let start = (key as usize >> 2) % usable;
         for probe in 0..MAX_PROBES.min(usable) {
@@ -102,6 +116,7 @@ impl BucketTable {
             let k = b.key.load(Ordering::Acquire);
             if k == key
                 && b.stack.load(Ordering::Relaxed) == stack
+                && b.labels.load(Ordering::Relaxed) == labels
                 && b.size.load(Ordering::Relaxed) == size
             {
                 return idx as u32;
@@ -112,8 +127,13 @@ impl BucketTable {
                     .is_ok()
             {
                 b.stack.store(stack, Ordering::Relaxed);
+                b.labels.store(labels, Ordering::Relaxed);
                 b.size.store(size, Ordering::Relaxed);
                 b.key.store(key, Ordering::Release);
+                let n = self.used.fetch_add(1, Ordering::Relaxed) as usize;
+                if let Some(o) = self.order.get(n) {
+                    o.store(idx as u32, Ordering::Release);
+                }
                 return idx as u32;
             }
         }
@@ -143,39 +163,52 @@ impl BucketTable {
         b.free_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
     }
 
-    /// Copies every bucket that has counted anything, overflow bucket included.
-    pub fn snapshot(&self) -> Vec<BucketSnapshot> {
-        let mut out = Vec::new();
-        for (idx, b) in self.buckets.iter().enumerate() {
-            let k = b.key.load(Ordering::Acquire);
-            if idx != OVERFLOW_BUCKET as usize && k <= WRITING {
-                continue;
-            }
-            let s = BucketSnapshot {
-                stack: b.stack.load(Ordering::Relaxed),
-                size: b.size.load(Ordering::Relaxed),
-                alloc_count: b.alloc_count.load(Ordering::Relaxed),
-                alloc_bytes: b.alloc_bytes.load(Ordering::Relaxed),
-                free_count: b.free_count.load(Ordering::Relaxed),
-                free_bytes: b.free_bytes.load(Ordering::Relaxed),
-                alloc_objects_w: b.alloc_objects_w.load(Ordering::Relaxed),
-                alloc_bytes_w: b.alloc_bytes_w.load(Ordering::Relaxed),
-                free_objects_w: b.free_objects_w.load(Ordering::Relaxed),
-                free_bytes_w: b.free_bytes_w.load(Ordering::Relaxed),
-            };
-            if s.alloc_count > 0 || s.free_count > 0 {
-                out.push(s);
+    /// Reads bucket `idx`'s counters (allocation-free).
+    fn read(&self, idx: usize) -> BucketSnapshot {
+        let b = &self.buckets[idx];
+        BucketSnapshot {
+            stack: b.stack.load(Ordering::Relaxed),
+            labels: b.labels.load(Ordering::Relaxed),
+            size: b.size.load(Ordering::Relaxed),
+            alloc_count: b.alloc_count.load(Ordering::Relaxed),
+            alloc_bytes: b.alloc_bytes.load(Ordering::Relaxed),
+            free_count: b.free_count.load(Ordering::Relaxed),
+            free_bytes: b.free_bytes.load(Ordering::Relaxed),
+            alloc_objects_w: b.alloc_objects_w.load(Ordering::Relaxed),
+            alloc_bytes_w: b.alloc_bytes_w.load(Ordering::Relaxed),
+            free_objects_w: b.free_objects_w.load(Ordering::Relaxed),
+            free_bytes_w: b.free_bytes_w.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Calls `f(id, counters)` for the overflow bucket and every bucket in use, without
+    /// allocating (the peak snapshot runs inside the allocator).
+    pub fn for_each_used(&self, mut f: impl FnMut(u32, &BucketSnapshot)) {
+        f(OVERFLOW_BUCKET, &self.read(OVERFLOW_BUCKET as usize));
+        let used = (self.used.load(Ordering::Relaxed) as usize).min(self.order.len());
+        for o in &self.order[..used] {
+            let idx = o.load(Ordering::Acquire) as usize;
+            // 0 = its creator has not stored it yet; the next snapshot will see it.
+            if idx != 0 && self.buckets[idx].key.load(Ordering::Acquire) > WRITING {
+                f(idx as u32, &self.read(idx));
             }
         }
+    }
+
+    /// Copies every bucket that has counted anything, overflow bucket included, with its id.
+    pub fn snapshot(&self) -> Vec<(u32, BucketSnapshot)> {
+        let mut out = Vec::new();
+        self.for_each_used(|id, s| {
+            if s.alloc_count > 0 || s.free_count > 0 {
+                out.push((id, *s));
+            }
+        });
         out
     }
 
     /// Buckets in use (overflow excluded).
     pub fn used(&self) -> usize {
-        self.buckets[1..]
-            .iter()
-            .filter(|b| b.key.load(Ordering::Relaxed) > WRITING)
-            .count()
+        self.used.load(Ordering::Relaxed) as usize
     }
 
     /// Total buckets, the overflow bucket excluded.
@@ -201,45 +234,49 @@ mod tests {
     };
 
     #[test]
-    fn keyed_by_stack_and_size() {
-        let t = BucketTable::new(leak_slots(16));
-        let a = t.find(3, 100);
-        assert_eq!(t.find(3, 100), a);
-        assert_ne!(t.find(3, 200), a);
-        assert_ne!(t.find(4, 100), a);
+    fn keyed_by_stack_labels_and_size() {
+        let t = BucketTable::new(leak_slots(16), leak_slots(16));
+        let a = t.find(3, 0, 100);
+        assert_eq!(t.find(3, 0, 100), a);
+        assert_ne!(t.find(3, 0, 200), a);
+        assert_ne!(t.find(4, 0, 100), a);
+        assert_ne!(t.find(3, 1, 100), a);
+        assert_eq!(t.used(), 4);
         t.record_alloc(a, 100, W);
         t.record_alloc(a, 100, W);
         t.record_free(a, 100, W);
         let s: Vec<_> = t
             .snapshot()
             .into_iter()
-            .filter(|s| s.stack == 3 && s.size == 100)
+            .filter(|(id, _)| *id == a)
+            .map(|(_, s)| s)
             .collect();
         assert_eq!(s.len(), 1);
-        assert_eq!(
-            (
-                s[0].alloc_count,
-                s[0].alloc_bytes,
-                s[0].free_count,
-                s[0].free_bytes
-            ),
-            (2, 200, 1, 100)
+        let c = (
+            s[0].alloc_count,
+            s[0].alloc_bytes,
+            s[0].free_count,
+            s[0].free_bytes,
         );
+        assert_eq!(c, (2, 200, 1, 100));
+        assert_eq!((s[0].stack, s[0].labels, s[0].size), (3, 0, 100));
         assert_eq!(s[0].alloc_objects_w, 2 * OBJECT_WEIGHT_ONE);
         assert_eq!(s[0].free_bytes_w, 100);
+        // Buckets that counted nothing are left out of the snapshot.
+        assert_eq!(t.snapshot().len(), 1);
     }
 
     #[test]
     fn full_table_uses_overflow_bucket() {
-        let t = BucketTable::new(leak_slots(3));
-        let ids: Vec<u32> = (0..5).map(|i| t.find(1, i)).collect();
+        let t = BucketTable::new(leak_slots(3), leak_slots(3));
+        let ids: Vec<u32> = (0..5).map(|i| t.find(1, 0, i)).collect();
         assert_eq!(ids.iter().filter(|&&i| i == OVERFLOW_BUCKET).count(), 3);
         assert_eq!(t.overflowed(), 3);
         t.record_alloc(OVERFLOW_BUCKET, 7, W);
-        assert!(t
-            .snapshot()
-            .iter()
-            .any(|s| s.stack == OVERFLOW_STACK && s.alloc_count == 1));
+        let snap = t.snapshot();
+        assert!(snap.iter().any(|(id, s)| *id == OVERFLOW_BUCKET
+            && s.stack == OVERFLOW_STACK
+            && s.alloc_count == 1));
         t.record_free(9999, 1, W); // ignored, no panic
     }
 }

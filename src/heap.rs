@@ -17,7 +17,7 @@ use crate::pprof::text::{self, HeapRecord};
 use crate::sampler::OBJECT_WEIGHT_ONE;
 use crate::stacktab::OVERFLOW_STACK;
 use crate::symbolize::Symbolizer;
-use crate::{config, live, sys, tables, tls};
+use crate::{config, labels, live, peak, sys, tables, tls};
 
 /// Name of the pseudo-function that stands for samples whose stack or bucket did not fit.
 pub const OVERFLOW_FRAME: &str = "heaprof::table_overflow";
@@ -36,6 +36,8 @@ pub enum HeapView {
     InUse,
     /// Default sample type `alloc_space` (Go's `allocs`).
     Allocs,
+    /// In-use at the recorded peak (`heap_peak`).
+    Peak,
 }
 
 /// One record of the snapshot: a stack (empty for the overflow pseudo-stack), one object
@@ -85,7 +87,7 @@ impl Stats {
     }
 }
 
-fn snapshot() -> (Vec<Record>, Stats) {
+fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
     let mut stats = Stats {
         stacks_used: 0,
         stacks_capacity: 0,
@@ -106,16 +108,31 @@ fn snapshot() -> (Vec<Record>, Stats) {
     stats.buckets_overflowed = t.buckets.overflowed();
 
     // Merge buckets whose stacks are identical (a race can give one stack two ids).
-    let mut merged: HashMap<(Vec<usize>, bool, u64), BucketSnapshot> = HashMap::new();
+    let mut merged: HashMap<(Vec<usize>, bool, u64, u32), BucketSnapshot> = HashMap::new();
     let mut frames = Vec::new();
-    for b in t.buckets.snapshot() {
+    for (id, mut b) in t.buckets.snapshot() {
+        if view == HeapView::Peak {
+            // At the peak: what was in use then, as if allocated and never freed.
+            let (objects_w, bytes_w, count, bytes) = peak::read(t.peak, id);
+            b.alloc_objects_w = objects_w;
+            b.alloc_bytes_w = bytes_w;
+            b.alloc_count = count;
+            b.alloc_bytes = bytes;
+            (b.free_objects_w, b.free_bytes_w, b.free_count, b.free_bytes) = (0, 0, 0, 0);
+            if count == 0 {
+                continue;
+            }
+        }
         let overflow = b.stack == OVERFLOW_STACK || !t.stacks.read(b.stack, &mut frames);
         if overflow {
             frames.clear();
         }
         let size = if overflow { 0 } else { b.size };
-        let e = merged.entry((frames.clone(), overflow, size)).or_default();
+        let e = merged
+            .entry((frames.clone(), overflow, size, b.labels))
+            .or_default();
         e.size = size;
+        e.labels = b.labels;
         e.alloc_count += b.alloc_count;
         e.alloc_bytes += b.alloc_bytes;
         e.free_count += b.free_count;
@@ -127,15 +144,16 @@ fn snapshot() -> (Vec<Record>, Stats) {
     }
     let mut records: Vec<Record> = merged
         .into_iter()
-        .map(|((stack, overflow, _), c)| Record { stack, overflow, c })
+        .map(|((stack, overflow, _, _), c)| Record { stack, overflow, c })
         .collect();
-    // Deterministic order: largest in-use first, then by stack.
+    // Deterministic order: largest in-use first, then by stack, size and labels.
     records.sort_by(|a, b| {
         let ia = a.c.alloc_bytes_w.saturating_sub(a.c.free_bytes_w);
         let ib = b.c.alloc_bytes_w.saturating_sub(b.c.free_bytes_w);
         ib.cmp(&ia)
             .then_with(|| a.stack.cmp(&b.stack))
             .then(a.c.size.cmp(&b.c.size))
+            .then(a.c.labels.cmp(&b.c.labels))
     });
     (records, stats)
 }
@@ -181,58 +199,87 @@ fn fixed_to_count(v: u64) -> i64 {
 /// Writes the heap profile as gzip-compressed pprof protobuf.
 pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
     let _guard = tls::ProfilerGuard::enter();
-    let (records, stats) = snapshot();
+    let (records, stats) = snapshot(view);
     let rate = config::sample_rate();
-    let mut b = ProfileBuilder::new(
+    let types: &[(&str, &str)] = if view == HeapView::Peak {
+        &[("inuse_objects", "count"), ("inuse_space", "bytes")]
+    } else {
         &[
             ("alloc_objects", "count"),
             ("alloc_space", "bytes"),
             ("inuse_objects", "count"),
             ("inuse_space", "bytes"),
-        ],
-        ("space", "bytes"),
-        rate as i64,
-    );
-    b.set_time_nanos(sys::now_unix_nanos());
+        ]
+    };
+    let mut b = ProfileBuilder::new(types, ("space", "bytes"), rate as i64);
     b.set_trim_leading(is_allocator_frame);
-    if view == HeapView::Allocs {
-        b.set_default_sample_type("alloc_space");
+    match view {
+        HeapView::InUse => b.set_time_nanos(sys::now_unix_nanos()),
+        HeapView::Allocs => {
+            b.set_time_nanos(sys::now_unix_nanos());
+            b.set_default_sample_type("alloc_space");
+        }
+        HeapView::Peak => {
+            let (peak_bytes, peak_time, snapshots, now_bytes) = peak::stats();
+            b.set_time_nanos(peak_time);
+            b.add_comment(&format!(
+                "heaprof.heap_peak: {peak_bytes} bytes estimated in use at the peak (now {now_bytes}); \
+                 {snapshots} peak snapshots, each taken when in-use grew by more than 1/{} over the last",
+                peak::MARGIN
+            ));
+        }
     }
     for (k, v) in stats.lines() {
         b.add_comment(&format!("{k}: {v}"));
     }
+    let mut label_sets: HashMap<u32, Vec<Label>> = HashMap::new();
     for r in &records {
         let c = &r.c;
-        let values = [
-            fixed_to_count(c.alloc_objects_w),
-            c.alloc_bytes_w as i64,
+        let inuse = [
             fixed_to_count(c.alloc_objects_w.saturating_sub(c.free_objects_w)),
             c.alloc_bytes_w.saturating_sub(c.free_bytes_w) as i64,
         ];
+        let all = [
+            fixed_to_count(c.alloc_objects_w),
+            c.alloc_bytes_w as i64,
+            inuse[0],
+            inuse[1],
+        ];
+        let values: &[i64] = if view == HeapView::Peak { &inuse } else { &all };
+        let mut labels = label_sets
+            .entry(c.labels)
+            .or_insert_with(|| {
+                labels::pairs(c.labels)
+                    .iter()
+                    .map(|(k, v)| Label::Str {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect()
+            })
+            .clone();
         if r.overflow {
-            b.add_pseudo_sample(OVERFLOW_FRAME, &values, &[]);
+            b.add_pseudo_sample(OVERFLOW_FRAME, values, &labels);
             continue;
         }
-        let labels = [Label::Num {
-            key: "bytes".into(),
-            value: c.size as i64,
-            unit: None,
-        }];
-        b.add_sample(
-            &r.stack,
-            false,
-            &values,
-            if c.size > 0 { &labels } else { &[] },
-        );
+        if c.size > 0 {
+            labels.push(Label::Num {
+                key: "bytes".into(),
+                value: c.size as i64,
+                unit: None,
+            });
+        }
+        b.add_sample(&r.stack, false, values, &labels);
     }
     b.write_gzip(w)
 }
 
 /// Writes the heap profile as Go's legacy text (`debug = 1`): raw sampled counts, which
 /// pprof rescales with the `heap/2R` header (exact, since each record has one size).
-pub fn write_text<W: Write>(w: W) -> io::Result<()> {
+/// Labels have no place in this format; records that differ only by labels are merged.
+pub fn write_text<W: Write>(w: W, view: HeapView) -> io::Result<()> {
     let _guard = tls::ProfilerGuard::enter();
-    let (records, stats) = snapshot();
+    let (records, stats) = snapshot(view);
     let overflow_stack = [table_overflow as fn() as usize + 1];
     let rows: Vec<HeapRecord> = records
         .iter()
@@ -264,7 +311,13 @@ pub fn write_text<W: Write>(w: W) -> io::Result<()> {
 /// Number of heap records (Go's `Count()` for heap and allocs).
 pub fn record_count() -> usize {
     let _guard = tls::ProfilerGuard::enter();
-    snapshot().0.len()
+    snapshot(HeapView::InUse).0.len()
+}
+
+/// Number of records in the `heap_peak` snapshot.
+pub fn peak_record_count() -> usize {
+    let _guard = tls::ProfilerGuard::enter();
+    snapshot(HeapView::Peak).0.len()
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ mod error;
 mod heap;
 #[cfg(feature = "http")]
 pub mod http;
+mod labels;
 mod live;
+mod peak;
 mod pprof;
 mod profile;
 mod report;
@@ -32,6 +34,7 @@ pub use custom::ProfileKey;
 pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
 pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
+pub use labels::{with_labels, LabelGuard, Labeled, Labels};
 pub use profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 pub use report::top_table;
 

@@ -29,7 +29,7 @@ static PREDEFINED: &[Predefined] = &[
         count: heap::record_count,
         write: |w, d| match d {
             0 => heap::write_proto(w, HeapView::Allocs),
-            _ => heap::write_text(w),
+            _ => heap::write_text(w, HeapView::Allocs),
         },
     },
     Predefined {
@@ -37,7 +37,15 @@ static PREDEFINED: &[Predefined] = &[
         count: heap::record_count,
         write: |w, d| match d {
             0 => heap::write_proto(w, HeapView::InUse),
-            _ => heap::write_text(w),
+            _ => heap::write_text(w, HeapView::InUse),
+        },
+    },
+    Predefined {
+        name: "heap_peak",
+        count: heap::peak_record_count,
+        write: |w, d| match d {
+            0 => heap::write_proto(w, HeapView::Peak),
+            _ => heap::write_text(w, HeapView::Peak),
         },
     },
     Predefined {

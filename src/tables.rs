@@ -2,15 +2,17 @@
 //! sample from memory mapped straight from the OS.
 //!
 //! Capacities are fixed at creation: [`set_table_capacity`](crate::set_table_capacity)
-//! before the first sample chooses them, else `HEAPROF_STACKS` and `HEAPROF_BUCKETS`. Costs (virtual; pages become resident as slots
-//! are first used): a stack slot is [`stacktab::SLOT_BYTES`] (528 B), a bucket
-//! [`buckets::BUCKET_BYTES`] (88 B). Defaults: 16 384 stacks (8.3 MiB) and 65 536 buckets
-//! (5.5 MiB).
+//! before the first sample chooses them, else `HEAPROF_STACKS` and `HEAPROF_BUCKETS`.
+//! Costs (virtual; pages become resident as slots are first used): a stack slot is [`stacktab::SLOT_BYTES`] (528 B), a bucket
+//! [`buckets::BUCKET_BYTES`] (88 B) plus 36 B beside it (its place in the creation-order
+//! list and its counters at the recorded peak, for `heap_peak`). Defaults: 16 384 stacks
+//! (8.3 MiB) and 65 536 buckets (7.9 MiB).
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::buckets::{Bucket, BucketTable};
 use crate::error::Error;
+use crate::peak::PeakSlot;
 use crate::stacktab::{StackSlot, StackTable};
 use crate::sys;
 
@@ -38,8 +40,10 @@ fn capacity(chosen: &AtomicUsize, var: &core::ffi::CStr, default: usize) -> usiz
 pub struct Tables {
     /// Distinct stacks of sampled events.
     pub stacks: StackTable,
-    /// Heap counters per (stack, size).
+    /// Heap counters per (stack, labels, size).
     pub buckets: BucketTable,
+    /// Per-bucket in-use counters at the recorded peak (`heap_peak`).
+    pub peak: &'static [PeakSlot],
 }
 
 static TABLES: spin::Once<Option<Tables>> = spin::Once::new();
@@ -63,11 +67,14 @@ pub fn get() -> Option<&'static Tables> {
             let stacks = capacity(&STACKS, c"HEAPROF_STACKS", DEFAULT_STACKS);
             let buckets = capacity(&BUCKETS, c"HEAPROF_BUCKETS", DEFAULT_BUCKETS);
             let stacks = map_slice::<StackSlot>(stacks + 1)?;
+            let order = map_slice::<AtomicU32>(buckets + 1)?;
+            let peak = map_slice::<PeakSlot>(buckets + 1)?;
             let buckets = map_slice::<Bucket>(buckets + 1)?;
             crate::live::init_secret();
             Some(Tables {
                 stacks: StackTable::new(stacks),
-                buckets: BucketTable::new(buckets),
+                buckets: BucketTable::new(buckets, order),
+                peak,
             })
         })
         .as_ref()

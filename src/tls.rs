@@ -20,6 +20,9 @@ pub struct ThreadState {
     /// True while this thread runs profiler code that may allocate (stack capture,
     /// symbolization, profile writing): such allocations go straight to the inner allocator.
     pub in_profiler: Cell<bool>,
+    /// The label set in force on this thread (`labels`; 0 = none). Read by the sampled
+    /// path and by signal handlers; written only by the thread itself.
+    pub labels: Cell<u32>,
     /// The thread's generator; `None` until first use.
     rng: UnsafeCell<Option<SmallRng>>,
 }
@@ -30,6 +33,7 @@ thread_local! {
             countdown: Cell::new(0),
             drawn_rate: Cell::new(0),
             in_profiler: Cell::new(false),
+            labels: Cell::new(0),
             rng: UnsafeCell::new(None),
         }
     };
