@@ -5,12 +5,14 @@
 mod alloc;
 mod buckets;
 mod config;
+mod cpu;
 mod error;
 mod heap;
 mod live;
 mod pprof;
 mod profile;
 mod report;
+mod ring;
 mod sampler;
 mod stacktab;
 mod symbolize;
@@ -21,6 +23,10 @@ mod unwind;
 
 pub use alloc::ProfilingAllocator;
 pub use config::DEFAULT_SAMPLE_RATE;
+pub use cpu::{
+    cpu_profile_rate, set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile,
+    stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
+};
 pub use error::Error;
 pub use profile::{lookup, profiles, write_heap_profile, Profile};
 pub use report::top_table;
@@ -51,6 +57,7 @@ pub fn set_table_capacity(stacks: usize, buckets: usize) -> Result<(), Error> {
 /// Internals re-exported for the crate's own integration tests (`tests/`). Not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};
