@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | `HEAPROF_RATE` | mean bytes between samples; `0` off, `1` every allocation; suffixes `k`, `KiB`, `m`, `MiB` | 524288 |
 //! | `HEAPROF_SEED` | seed of the sampler, for reproducible runs | time and pid |
+//! | `HEAPROF_STACKS` | capacity of the stack table (distinct stacks) | 16384 |
+//! | `HEAPROF_BUCKETS` | capacity of the heap bucket table ((stack, size) pairs) | 65536 |
 //!
 //! An invalid value prints one line on stderr and the default is used.
 
@@ -52,6 +54,26 @@ fn warn_invalid(var: &[u8], value: &[u8], default: &[u8]) {
         default,
         b"\n",
     ]);
+}
+
+/// Reads a count from the environment variable `var` (same syntax as [`parse_bytes`]),
+/// `default` when unset; a value outside `min..=max` or unparsable warns and gives
+/// `default`. Never allocates.
+pub fn env_count(var: &core::ffi::CStr, default: usize, min: usize, max: usize) -> usize {
+    match sys::getenv_bytes(var) {
+        None => default,
+        Some(v) => match parse_bytes(v) {
+            Some(n) if (min..=max).contains(&n) => n,
+            _ => {
+                warn_invalid(
+                    var.to_bytes(),
+                    v,
+                    b"out of range or not a number; using the default",
+                );
+                default
+            }
+        },
+    }
 }
 
 /// The sampling rate in force, reading `HEAPROF_RATE` on first use.

@@ -8,8 +8,10 @@ use std::fmt;
 pub enum Error {
     /// A configuration value was out of range or came too late.
     InvalidConfig(String),
-    /// `Profile::try_new` with a name already registered (or empty).
+    /// `Profile::try_new` with a name already registered (predefined names included).
     DuplicateProfile(String),
+    /// `Profile::try_new` with an empty name or one containing whitespace.
+    InvalidProfileName(String),
     /// `try_add` with a key the profile already holds.
     DuplicateKey(String),
     /// `try_add` on a predefined profile, which only heaprof feeds.
@@ -27,6 +29,10 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidConfig(m) => write!(f, "invalid heaprof configuration: {m}"),
             Error::DuplicateProfile(n) => write!(f, "a profile named {n:?} already exists"),
+            Error::InvalidProfileName(n) => write!(
+                f,
+                "invalid profile name {n:?}: must be non-empty, without whitespace or control characters"
+            ),
             Error::DuplicateKey(p) => write!(f, "profile {p:?}: key already added"),
             Error::PredefinedProfile(p) => {
                 write!(

@@ -5,9 +5,15 @@
 mod alloc;
 mod buckets;
 mod config;
+mod count;
 mod cpu;
+mod custom;
+mod dump;
+mod env_init;
 mod error;
 mod heap;
+#[cfg(feature = "http")]
+pub mod http;
 mod live;
 mod pprof;
 mod profile;
@@ -18,6 +24,7 @@ mod stacktab;
 mod symbolize;
 mod sys;
 mod tables;
+mod threadcreate;
 mod tls;
 mod unwind;
 
@@ -27,8 +34,11 @@ pub use cpu::{
     cpu_profile_rate, set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile,
     stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
 };
+pub use custom::ProfileKey;
+pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
+pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
-pub use profile::{lookup, profiles, write_heap_profile, Profile};
+pub use profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 pub use report::top_table;
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns

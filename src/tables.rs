@@ -2,7 +2,7 @@
 //! sample from memory mapped straight from the OS.
 //!
 //! Capacities are fixed at creation: [`set_table_capacity`](crate::set_table_capacity)
-//! before the first sample chooses them. Costs (virtual; pages become resident as slots
+//! before the first sample chooses them, else `HEAPROF_STACKS` and `HEAPROF_BUCKETS`. Costs (virtual; pages become resident as slots
 //! are first used): a stack slot is [`stacktab::SLOT_BYTES`] (528 B), a bucket
 //! [`buckets::BUCKET_BYTES`] (88 B). Defaults: 16 384 stacks (8.3 MiB) and 65 536 buckets
 //! (5.5 MiB).
@@ -20,8 +20,19 @@ pub const DEFAULT_STACKS: usize = 16 * 1024;
 pub const DEFAULT_BUCKETS: usize = 64 * 1024;
 const MAX_CAPACITY: usize = 1 << 26;
 
-static STACKS: AtomicUsize = AtomicUsize::new(DEFAULT_STACKS);
-static BUCKETS: AtomicUsize = AtomicUsize::new(DEFAULT_BUCKETS);
+/// Capacities chosen in code; 0 = not chosen (then `HEAPROF_STACKS` / `HEAPROF_BUCKETS`,
+/// else the defaults).
+static STACKS: AtomicUsize = AtomicUsize::new(0);
+static BUCKETS: AtomicUsize = AtomicUsize::new(0);
+
+/// The capacity in force for creation: set in code, else from `var`, else `default`.
+/// Reads the environment without allocating; an invalid value warns and uses the default.
+fn capacity(chosen: &AtomicUsize, var: &core::ffi::CStr, default: usize) -> usize {
+    match chosen.load(Ordering::Relaxed) {
+        0 => crate::config::env_count(var, default, 1, MAX_CAPACITY),
+        n => n,
+    }
+}
 
 /// The recording tables.
 pub struct Tables {
@@ -49,8 +60,10 @@ fn map_slice<T>(n: usize) -> Option<&'static [T]> {
 pub fn get() -> Option<&'static Tables> {
     TABLES
         .call_once(|| {
-            let stacks = map_slice::<StackSlot>(STACKS.load(Ordering::Relaxed) + 1)?;
-            let buckets = map_slice::<Bucket>(BUCKETS.load(Ordering::Relaxed) + 1)?;
+            let stacks = capacity(&STACKS, c"HEAPROF_STACKS", DEFAULT_STACKS);
+            let buckets = capacity(&BUCKETS, c"HEAPROF_BUCKETS", DEFAULT_BUCKETS);
+            let stacks = map_slice::<StackSlot>(stacks + 1)?;
+            let buckets = map_slice::<Bucket>(buckets + 1)?;
             crate::live::init_secret();
             Some(Tables {
                 stacks: StackTable::new(stacks),

@@ -10,6 +10,7 @@ use std::hint::black_box;
 static ALLOC: heaprof::ProfilingAllocator = heaprof::ProfilingAllocator::system();
 
 #[inline(never)]
+#[allow(clippy::vec_box)] // the boxes are the allocations under test
 fn site_boxes(n: usize) -> Vec<Box<u64>> {
     (0..n as u64).map(Box::new).collect()
 }

@@ -39,7 +39,10 @@ fn concurrent_alloc_free_and_write() {
             while !stop.load(Ordering::Relaxed) {
                 let mut out = Vec::new();
                 heaprof::write_heap_profile(&mut out).unwrap();
-                assert!(!common::decode(&out).sample.is_empty());
+                // Every snapshot taken mid-flight is a valid profile (it may be empty if
+                // it ran before the first sample).
+                let p = common::decode(&out);
+                assert!(p.sample.iter().all(|s| s.value.len() == 4));
                 writes += 1;
             }
             writes
