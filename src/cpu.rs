@@ -251,12 +251,10 @@ fn stop_if(only: Option<u32>) -> Option<io::Result<()>> {
         *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();
     }
-    let r = s.drain.join().unwrap_or_else(|_| {
-        Err(io::Error::new(
-            io::ErrorKind::Other,
-            "heaprof CPU profiler thread panicked",
-        ))
-    });
+    let r = s
+        .drain
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("heaprof CPU profiler thread panicked")));
     ACTIVE.store(false, SeqCst);
     Some(r)
 }

@@ -3,8 +3,9 @@
 //! process used (getrusage) within 20%. Sampling is driven by CPU time, so a busy shared
 //! machine does not change the expected counts; nothing here asserts on wall time.
 //!
-//! The worker threads never call `thread_init` and this binary does not use the profiling
-//! allocator: their full stacks prove the handler found their stack bounds itself.
+//! Worker stacks must unwind past the leaf into the spawning test. Their stack bounds come
+//! from the `pthread_create` interposer (`threadcreate.rs` runs `thread_init`), or, for a
+//! thread it did not see, from the handler's `/proc/self/maps` lookup (`cpu/stacks.rs`).
 
 mod common;
 
@@ -43,7 +44,7 @@ fn process_cpu_nanos() -> i64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) }, 0);
-    let tv = |t: libc::timeval| t.tv_sec as i64 * 1_000_000_000 + t.tv_usec as i64 * 1000;
+    let tv = |t: libc::timeval| t.tv_sec * 1_000_000_000 + t.tv_usec * 1000;
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 

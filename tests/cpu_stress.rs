@@ -26,6 +26,14 @@ impl std::io::Write for Sink {
     }
 }
 
+/// Work of one short-lived thread: ~100 ms here in either build (debug is ~10x slower), so
+/// threads both churn and live long enough to be seen by some rescans.
+const SHORT_ROUNDS: usize = if cfg!(debug_assertions) {
+    2_000
+} else {
+    20_000
+};
+
 #[inline(never)]
 fn churn_allocations(rounds: usize) -> usize {
     let mut keep: Vec<Vec<u8>> = Vec::new();
@@ -74,7 +82,7 @@ fn profile_while_allocating_and_churning_threads() {
                     .map(|_| {
                         std::thread::Builder::new()
                             .name("short-lived".into())
-                            .spawn(|| black_box(churn_allocations(20_000)))
+                            .spawn(|| black_box(churn_allocations(SHORT_ROUNDS)))
                             .unwrap()
                     })
                     .collect();

@@ -189,7 +189,7 @@ mod tests {
         assert!(lo <= sp && sp < hi);
         assert!(sys::range_is_mapped(sp, hi));
         // Code (an r-xp file mapping) and address 0 are in no writable anonymous mapping.
-        let code = lookup_finds_this_threads_stack as usize;
+        let code = lookup_finds_this_threads_stack as *const () as usize;
         assert_eq!(lookup(code), None);
         assert_eq!(lookup(0), None);
     }
