@@ -20,6 +20,8 @@ pub enum Error {
     InvalidProfile(String),
     /// Writing a profile failed.
     Io(std::io::Error),
+    /// `start_cpu_profile` while a CPU profile is running (Go's message).
+    CpuProfileInUse,
 }
 
 impl fmt::Display for Error {
@@ -40,6 +42,7 @@ impl fmt::Display for Error {
             }
             Error::InvalidProfile(m) => write!(f, "invalid profile: {m}"),
             Error::Io(e) => write!(f, "writing profile: {e}"),
+            Error::CpuProfileInUse => f.write_str("cpu profiling already in use"),
         }
     }
 }

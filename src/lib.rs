@@ -6,6 +6,7 @@ mod alloc;
 mod buckets;
 mod config;
 mod count;
+mod cpu;
 mod custom;
 mod dump;
 mod env_init;
@@ -19,6 +20,7 @@ mod peak;
 mod pprof;
 mod profile;
 mod report;
+mod ring;
 mod sampler;
 mod stacktab;
 mod symbolize;
@@ -30,6 +32,10 @@ mod unwind;
 
 pub use alloc::ProfilingAllocator;
 pub use config::DEFAULT_SAMPLE_RATE;
+pub use cpu::{
+    cpu_profile_rate, set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile,
+    stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
+};
 pub use custom::ProfileKey;
 pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
 pub use env_init::{init_from_env, EnvInit};
@@ -64,6 +70,7 @@ pub fn set_table_capacity(stacks: usize, buckets: usize) -> Result<(), Error> {
 /// Internals re-exported for the crate's own integration tests (`tests/`). Not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};

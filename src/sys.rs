@@ -80,3 +80,161 @@ pub fn monotonic_nanos() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+// ---- CPU profiling (used by `cpu.rs`; the async-signal-safe ones are marked) ----
+
+/// The kernel thread id of the calling thread (`gettid(2)`). Async-signal-safe.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// The clock id of thread `tid`'s CPU clock: the kernel's `MAKE_THREAD_CPUCLOCK(tid,
+/// CPUCLOCK_SCHED)` = `(!tid << 3) | 6` (bit 2: per-thread, low bits 2: scheduler time).
+pub fn thread_cpu_clock(tid: i32) -> libc::clockid_t {
+    ((!tid) << 3) | 6
+}
+
+/// `timer_create` on thread `tid`'s CPU clock, delivering `signo` to that thread
+/// (`SIGEV_THREAD_ID`) with `value` as `si_value`. The timer starts disarmed.
+pub fn thread_cpu_timer_create(
+    tid: i32,
+    signo: libc::c_int,
+    value: usize,
+) -> Result<libc::timer_t, i32> {
+    // SAFETY: sigevent is plain old data; all-zero is a valid (empty) value.
+    let mut sev: libc::sigevent = unsafe { core::mem::zeroed() };
+    sev.sigev_notify = libc::SIGEV_THREAD_ID;
+    sev.sigev_signo = signo;
+    sev.sigev_value = libc::sigval {
+        sival_ptr: value as *mut libc::c_void,
+    };
+    sev.sigev_notify_thread_id = tid;
+    let mut id: libc::timer_t = ptr::null_mut();
+    // SAFETY: sev and id are valid for the call; glibc passes a non-SIGEV_THREAD request
+    // straight to the syscall and stores the kernel's timer id in `id`.
+    let rc = unsafe { libc::timer_create(thread_cpu_clock(tid), &mut sev, &mut id) };
+    if rc == 0 {
+        Ok(id)
+    } else {
+        Err(errno())
+    }
+}
+
+/// Arms `timer`: first expiry after `first_ns`, then every `interval_ns` (both > 0).
+pub fn timer_arm(timer: libc::timer_t, first_ns: u64, interval_ns: u64) -> Result<(), i32> {
+    let ts = |ns: u64| libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts(interval_ns),
+        it_value: ts(first_ns),
+    };
+    // SAFETY: `timer` came from timer_create and was not deleted; spec is valid; the old
+    // value is not requested.
+    let rc = unsafe { libc::timer_settime(timer, 0, &spec, ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// Deletes `timer` (disarming it first). Deleting the timer of a thread that has exited
+/// is fine; an error (EINVAL: already gone) is returned, never a crash.
+pub fn timer_delete(timer: libc::timer_t) -> Result<(), i32> {
+    // SAFETY: `timer` came from timer_create; the caller deletes each timer at most once.
+    if unsafe { libc::timer_delete(timer) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// Sets the process-wide `ITIMER_PROF` interval timer (`interval_ns == 0` disarms it).
+pub fn set_itimer_prof(interval_ns: u64) -> Result<(), i32> {
+    let tv = libc::timeval {
+        tv_sec: (interval_ns / 1_000_000_000) as libc::time_t,
+        tv_usec: ((interval_ns % 1_000_000_000) / 1000).max(u64::from(interval_ns > 0))
+            as libc::suseconds_t,
+    };
+    let it = libc::itimerval {
+        it_interval: tv,
+        it_value: tv,
+    };
+    // SAFETY: `it` is a valid itimerval; the old value is not requested.
+    if unsafe { libc::setitimer(libc::ITIMER_PROF, &it, ptr::null_mut()) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// The calling thread's `errno`. Async-signal-safe.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's `errno` (a signal handler restores it). Async-signal-safe.
+pub fn set_errno(v: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = v };
+}
+
+/// Whether every page of `[lo, hi)` is mapped right now (`mincore(2)` fails with ENOMEM on
+/// any unmapped page). Async-signal-safe; uses 256 bytes of stack per 1 MiB checked.
+pub fn range_is_mapped(lo: usize, hi: usize) -> bool {
+    const PAGE: usize = 4096;
+    const CHUNK_PAGES: usize = 256;
+    let mut vec = [0u8; CHUNK_PAGES];
+    let mut a = lo & !(PAGE - 1);
+    while a < hi {
+        let len = (hi - a).min(CHUNK_PAGES * PAGE);
+        // SAFETY: mincore only reads the page tables for [a, a + len) (page-aligned start)
+        // and writes at most ceil(len / PAGE) <= CHUNK_PAGES bytes into `vec`.
+        if unsafe { libc::mincore(a as *mut libc::c_void, len, vec.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        a += len;
+    }
+    true
+}
+
+/// `RLIMIT_STACK`'s soft limit in bytes (`None` if unlimited or unknown).
+pub fn stack_rlimit() -> Option<usize> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut r) } != 0
+        || r.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    usize::try_from(r.rlim_cur).ok()
+}
+
+/// Installs `handler` for `signo` with `SA_SIGINFO | SA_RESTART` (no `SA_ONSTACK`: the
+/// unwinder needs the thread's own stack) and returns the previous action.
+pub fn install_sigaction(
+    signo: libc::c_int,
+    handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+) -> Result<libc::sigaction, i32> {
+    // SAFETY: sigaction is plain old data; zeroed = empty mask, no flags.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `sa_mask` is a valid sigset_t to initialise.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    // SAFETY: as above; `old` is a valid out-pointer.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: both pointers are valid; the handler is an `extern "C"` SA_SIGINFO function.
+    if unsafe { libc::sigaction(signo, &sa, &mut old) } == 0 {
+        Ok(old)
+    } else {
+        Err(errno())
+    }
+}

@@ -33,6 +33,26 @@ pub(super) fn thread_init() {
     STACK_HI.set(hi);
 }
 
+/// Whether this thread's stack bounds are set (by [`thread_init`] or [`adopt`]).
+/// Async-signal-safe (two TLS loads).
+pub(super) fn known() -> bool {
+    STACK_HI.get() > FAILED || STACK_LO.get() != 0
+}
+
+/// Take `[lo, hi)` as this thread's stack if nothing is known yet (never overrides
+/// [`thread_init`], nor a half-finished one interrupted by a signal: it sets `STACK_LO`
+/// first). Async-signal-safe. The caller vouches that `[sp, hi)` is mapped stack memory of
+/// this thread for as long as the thread runs (the CPU profiler checks it against
+/// `/proc/self/maps` and `mincore`).
+pub(super) fn adopt(lo: usize, hi: usize) -> bool {
+    if known() || lo >= hi || hi <= FAILED {
+        return false;
+    }
+    STACK_LO.set(lo);
+    STACK_HI.set(hi);
+    true
+}
+
 fn query_pthread_stack() -> Option<(usize, usize)> {
     let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
     // SAFETY: pthread_self() is always valid for the calling thread; attr is an out-parameter

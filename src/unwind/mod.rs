@@ -112,6 +112,21 @@ pub fn thread_init() {
     bounds::thread_init();
 }
 
+/// Whether the calling thread's stack bounds are known (else [`capture_from_ucontext`]
+/// returns only the leaf). Async-signal-safe.
+pub fn thread_stack_known() -> bool {
+    bounds::known()
+}
+
+/// Supply the calling thread's stack range `[lo, hi)` from outside, for threads that never
+/// ran [`thread_init`] (the CPU profiler finds it from the interrupted `rsp` and a
+/// `/proc/self/maps` snapshot). Ignored (returns false) if bounds are already known.
+/// Async-signal-safe. The caller must make sure `[rsp, hi)` is readable for as long as the
+/// thread lives.
+pub fn adopt_thread_stack(lo: usize, hi: usize) -> bool {
+    bounds::adopt(lo, hi)
+}
+
 /// Build the global state (module list from `dl_iterate_phdr`) and fill the cache pool, so
 /// that [`capture_from_ucontext`] can use the DWARF unwinder. Call once before signal-based
 /// profiling starts, not from a handler. Also runs [`thread_init`] for the calling thread.

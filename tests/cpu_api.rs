@@ -1,0 +1,155 @@
+//! CPU profile API semantics (Go's): one profile at a time with Go's error message, stop as
+//! a no-op when idle, the guard, the rate rules; and `go tool pprof` reading the result,
+//! splitting it by the `thread` label.
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Failing;
+
+impl std::io::Write for Failing {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("disk full"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn thread_cpu_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer, CLOCK_THREAD_CPUTIME_ID always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+#[inline(never)]
+fn hot_loop_alpha(cpu_ms: i64) -> u64 {
+    let end = thread_cpu_ms() + cpu_ms;
+    let mut x = 1u64;
+    while thread_cpu_ms() < end {
+        for i in 0..100_000u64 {
+            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    x
+}
+
+#[inline(never)]
+fn hot_loop_beta(cpu_ms: i64) -> u64 {
+    hot_loop_alpha(black_box(cpu_ms)) ^ 7
+}
+
+#[test]
+fn second_start_fails_with_go_message_and_writes_nothing() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        heaprof::stop_cpu_profile_result().is_none(),
+        "idle stop is a no-op"
+    );
+    heaprof::stop_cpu_profile();
+    let first = Sink::default();
+    heaprof::start_cpu_profile(first.clone()).unwrap();
+    let second = Sink::default();
+    let e = heaprof::start_cpu_profile(second.clone()).unwrap_err();
+    assert!(matches!(e, heaprof::Error::CpuProfileInUse));
+    assert_eq!(e.to_string(), "cpu profiling already in use");
+    assert!(heaprof::CpuProfile::start(Sink::default()).is_err());
+    // While running, the rate cannot change.
+    let before = heaprof::cpu_profile_rate();
+    heaprof::set_cpu_profile_rate(before + 1);
+    assert_eq!(heaprof::cpu_profile_rate(), before);
+    black_box(hot_loop_alpha(50));
+    heaprof::stop_cpu_profile_result().unwrap().unwrap();
+    assert!(second.0.lock().unwrap().is_empty());
+    let p = common::decode(&first.0.lock().unwrap());
+    assert_eq!(p.period, 1_000_000_000 / before);
+    assert!(heaprof::stop_cpu_profile_result().is_none());
+}
+
+#[test]
+fn rate_is_clamped_and_zero_means_off() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    heaprof::set_cpu_profile_rate(-5);
+    assert_eq!(heaprof::cpu_profile_rate(), 0);
+    let e = heaprof::start_cpu_profile(Sink::default()).unwrap_err();
+    assert!(matches!(e, heaprof::Error::InvalidConfig(_)), "{e}");
+    heaprof::set_cpu_profile_rate(10_000_000);
+    assert_eq!(heaprof::cpu_profile_rate(), 1_000_000);
+    heaprof::set_cpu_profile_rate(heaprof::DEFAULT_CPU_HZ);
+    assert_eq!(heaprof::cpu_profile_rate(), 100);
+}
+
+#[test]
+fn guard_stops_on_drop_and_reports_write_errors() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sink = Sink::default();
+    {
+        let _g = heaprof::CpuProfile::start(sink.clone()).unwrap();
+        black_box(hot_loop_alpha(30));
+    }
+    assert!(!sink.0.lock().unwrap().is_empty(), "written at drop");
+    assert!(heaprof::stop_cpu_profile_result().is_none());
+    // A stale guard does not stop a newer profile.
+    let g = heaprof::CpuProfile::start(Sink::default()).unwrap();
+    heaprof::stop_cpu_profile();
+    let newer = Sink::default();
+    heaprof::start_cpu_profile(newer.clone()).unwrap();
+    g.stop().unwrap();
+    assert!(newer.0.lock().unwrap().is_empty(), "still running");
+    heaprof::stop_cpu_profile_result().unwrap().unwrap();
+    assert!(!newer.0.lock().unwrap().is_empty());
+    // The writer's error comes back.
+    let g = heaprof::CpuProfile::start(Failing).unwrap();
+    let e = g.stop().unwrap_err();
+    assert_eq!(e.to_string(), "disk full");
+}
+
+#[test]
+fn go_tool_pprof_names_hot_functions_and_splits_by_thread() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    heaprof::set_cpu_profile_rate(200);
+    let sink = Sink::default();
+    heaprof::start_cpu_profile(sink.clone()).unwrap();
+    let t = std::thread::Builder::new()
+        .name("beta-worker".into())
+        .spawn(|| black_box(hot_loop_beta(400)))
+        .unwrap();
+    black_box(hot_loop_alpha(400));
+    t.join().unwrap();
+    heaprof::stop_cpu_profile();
+    heaprof::set_cpu_profile_rate(100);
+    let path = common::write_scratch("cpu_api.pb.gz", &sink.0.lock().unwrap());
+    let Some(top) = common::go_pprof(&["-top", &path]) else {
+        return;
+    };
+    assert!(top.contains("Type: cpu"), "{top}");
+    assert!(top.contains("hot_loop_alpha"), "{top}");
+    let beta =
+        common::go_pprof(&["-top", "-cum", "-tagfocus", "thread=beta-worker", &path]).unwrap();
+    assert!(beta.contains("hot_loop_beta"), "{beta}");
+    let main_only =
+        common::go_pprof(&["-top", "-cum", "-tagignore", "thread=beta-worker", &path]).unwrap();
+    assert!(!main_only.contains("hot_loop_beta"), "{main_only}");
+    assert!(main_only.contains("hot_loop_alpha"), "{main_only}");
+}
