@@ -40,7 +40,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::pprof::builder::{Label, ProfileBuilder};
 use crate::ring::Ring;
-use crate::{sys, tls, unwind};
+use crate::{labels, sys, tls, unwind};
 
 /// Go's default CPU sampling rate.
 pub const DEFAULT_CPU_HZ: i64 = 100;
@@ -156,7 +156,7 @@ fn start_session(w: Box<dyn Write + Send>) -> Result<u32, Error> {
     };
     // SAFETY: RING holds a leaked `&'static Ring` (set above or by an earlier start).
     let ring: &'static Ring = unsafe { &*ring };
-    while ring.pop_with(|_, _| {}) {}
+    while ring.pop_with(|_, _, _| {}) {}
     ring.take_lost();
     sys::install_sigaction(libc::SIGPROF, on_sigprof).map_err(os_error)?;
 
@@ -351,7 +351,9 @@ fn record(tid: i32, uc: *mut libc::c_void) {
     let sp =
         unsafe { (*(uc as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RSP as usize] };
     stacks::adopt_for_current_thread(sp as usize);
-    ring.push_with(tid, |frames| {
+    // The labels in force on the interrupted thread (a TLS load: async-signal-safe).
+    let labels = tls::with(|t| t.labels.get());
+    ring.push_with(tid, labels, |frames| {
         // SAFETY: `uc` is this handler's ucontext for this thread (see above).
         unsafe { unwind::capture_from_ucontext(uc, frames) }
     });
@@ -372,8 +374,8 @@ struct Drain {
     start_mono: u64,
     adopted_before: usize,
     unwind_before: unwind::UnwindStats,
-    /// (thread name, stack) → samples.
-    agg: HashMap<(Arc<str>, Box<[usize]>), i64>,
+    /// (thread name, label set, stack) → samples.
+    agg: HashMap<(Arc<str>, u32, Box<[usize]>), i64>,
     /// tid → thread name, read at the tid's first sample.
     names: HashMap<i32, Arc<str>>,
     samples_drained: u64,
@@ -432,15 +434,15 @@ impl Drain {
     }
 
     fn drain_ring(&mut self) {
-        let mut batch: Vec<(i32, Box<[usize]>)> = Vec::new();
+        let mut batch: Vec<(i32, u32, Box<[usize]>)> = Vec::new();
         while self
             .ring
-            .pop_with(|tid, frames| batch.push((tid, frames.into())))
+            .pop_with(|tid, labels, frames| batch.push((tid, labels, frames.into())))
         {}
-        for (tid, stack) in batch {
+        for (tid, labels, stack) in batch {
             self.samples_drained += 1;
             let name = self.name_of(tid);
-            *self.agg.entry((name, stack)).or_insert(0) += 1;
+            *self.agg.entry((name, labels, stack)).or_insert(0) += 1;
         }
     }
 
@@ -493,11 +495,15 @@ impl Drain {
         ));
         let mut rows: Vec<_> = self.agg.into_iter().collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        for ((name, stack), n) in rows {
-            let labels = [Label::Str {
+        for ((name, label_set, stack), n) in rows {
+            let mut labels = vec![Label::Str {
                 key: "thread".into(),
                 value: name.to_string(),
             }];
+            labels.extend(labels::pairs(label_set).iter().map(|(k, v)| Label::Str {
+                key: k.clone(),
+                value: v.clone(),
+            }));
             b.add_sample(&stack, true, &[n, n * self.period_ns], &labels);
         }
         if lost > 0 {

@@ -32,6 +32,7 @@ pub const DEPTH: usize = crate::unwind::MAX_DEPTH;
 struct Slot {
     seq: AtomicUsize,
     tid: UnsafeCell<i32>,
+    labels: UnsafeCell<u32>,
     len: UnsafeCell<u32>,
     frames: UnsafeCell<[usize; DEPTH]>,
 }
@@ -89,9 +90,15 @@ impl Ring {
     }
 
     /// Claims a slot, lets `fill` write up to [`DEPTH`] frames into it (returning how many)
-    /// and publishes it under `tid`. Returns false, and counts a lost sample, if the ring is
-    /// full (`fill` is then not called). Async-signal-safe, lock-free, never waits.
-    pub fn push_with(&self, tid: i32, fill: impl FnOnce(&mut [usize; DEPTH]) -> usize) -> bool {
+    /// and publishes it under `tid` with label set `labels`. Returns false, and counts a lost
+    /// sample, if the ring is full (`fill` is then not called). Async-signal-safe, lock-free,
+    /// never waits.
+    pub fn push_with(
+        &self,
+        tid: i32,
+        labels: u32,
+        fill: impl FnOnce(&mut [usize; DEPTH]) -> usize,
+    ) -> bool {
         let mut pos = self.tail.load(Ordering::Relaxed);
         let slot = loop {
             let slot = self.slot(pos);
@@ -122,15 +129,16 @@ impl Ring {
         // SAFETY: as above.
         unsafe {
             *slot.tid.get() = tid;
+            *slot.labels.get() = labels;
             *slot.len.get() = n as u32;
         }
         slot.seq.store(pos + 1, Ordering::Release);
         true
     }
 
-    /// Takes the oldest published sample, if any, passing `(tid, frames)` to `f`. Only one
-    /// thread may consume (the drain thread; `cpu.rs` holds its session lock).
-    pub fn pop_with(&self, f: impl FnOnce(i32, &[usize])) -> bool {
+    /// Takes the oldest published sample, if any, passing `(tid, labels, frames)` to `f`.
+    /// Only one thread may consume (the drain thread; `cpu.rs` holds its session lock).
+    pub fn pop_with(&self, f: impl FnOnce(i32, u32, &[usize])) -> bool {
         let pos = self.head.load(Ordering::Relaxed);
         let slot = self.slot(pos);
         if slot.seq.load(Ordering::Acquire) != pos + 1 {
@@ -138,11 +146,15 @@ impl Ring {
         }
         // SAFETY: the Acquire load saw the producer's Release store of `pos + 1`, so the slot
         // is fully written, and no producer touches it until we store `pos + capacity`.
-        let (tid, frames) = unsafe {
+        let (tid, labels, frames) = unsafe {
             let n = (*slot.len.get() as usize).min(DEPTH);
-            (*slot.tid.get(), &(&*slot.frames.get())[..n])
+            (
+                *slot.tid.get(),
+                *slot.labels.get(),
+                &(&*slot.frames.get())[..n],
+            )
         };
-        f(tid, frames);
+        f(tid, labels, frames);
         self.head.store(pos + 1, Ordering::Relaxed);
         slot.seq.store(pos + self.capacity(), Ordering::Release);
         true
@@ -165,20 +177,21 @@ mod tests {
         assert_eq!(r.capacity(), 4);
         for lap in 0..5usize {
             for i in 0..4 {
-                assert!(r.push_with(i as i32, |f| {
+                assert!(r.push_with(i as i32, 7, |f| {
                     f[0] = lap * 10 + i;
                     f[1] = 7;
                     2
                 }));
             }
-            assert!(!r.push_with(9, |_| unreachable!("full ring must not call fill")));
+            assert!(!r.push_with(9, 0, |_| unreachable!("full ring must not call fill")));
             for i in 0..4 {
-                assert!(r.pop_with(|tid, fr| {
+                assert!(r.pop_with(|tid, labels, fr| {
                     assert_eq!(tid, i as i32);
+                    assert_eq!(labels, 7);
                     assert_eq!(fr, &[lap * 10 + i, 7]);
                 }));
             }
-            assert!(!r.pop_with(|_, _| unreachable!()));
+            assert!(!r.pop_with(|_, _, _| unreachable!()));
         }
         assert_eq!(r.take_lost(), 5);
         assert_eq!(r.take_lost(), 0);
@@ -187,8 +200,8 @@ mod tests {
     #[test]
     fn fill_length_is_clamped() {
         let r = Ring::new_leaked(2).unwrap();
-        assert!(r.push_with(1, |_| DEPTH + 100));
-        assert!(r.pop_with(|_, fr| assert_eq!(fr.len(), DEPTH)));
+        assert!(r.push_with(1, 0, |_| DEPTH + 100));
+        assert!(r.pop_with(|_, _, fr| assert_eq!(fr.len(), DEPTH)));
     }
 
     /// Many producers, one consumer: every pushed sample arrives exactly once or is counted
@@ -208,7 +221,7 @@ mod tests {
                     s.spawn(move || {
                         let mut ok = 0;
                         for i in 0..per {
-                            if r.push_with(p as i32, |f| {
+                            if r.push_with(p as i32, 0, |f| {
                                 f[0] = i;
                                 f[1] = i ^ 0x5555;
                                 2
@@ -223,7 +236,7 @@ mod tests {
                 .collect();
             loop {
                 let finished = done.load(Ordering::Acquire) == producers;
-                while r.pop_with(|tid, fr| {
+                while r.pop_with(|tid, _, fr| {
                     assert_eq!(fr.len(), 2);
                     assert_eq!(fr[1], fr[0] ^ 0x5555, "torn sample");
                     got.entry(tid).or_default().push(fr[0]);
