@@ -43,6 +43,7 @@
 //! ```
 
 use std::fmt::Write as _;
+use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,21 +157,46 @@ fn route(name: &str, query: &Query, raw_query: &str) -> Response {
 }
 
 /// `/debug/pprof/profile?seconds=N`: Go's CPU profile (N defaults to 30 when absent,
-/// invalid or ≤ 0).
-///
-/// Integrator note: when `heaprof::start_cpu_profile(w)` / `stop_cpu_profile()` exist,
-/// replace the `404` below with: `let mut body = Vec::new();`
-/// `if let Err(e) = crate::start_cpu_profile(&mut body) { return Response::error(500,
-/// &format!("Could not enable CPU profiling: {e}")); }`, sleep `seconds`, then
-/// `crate::stop_cpu_profile();` and return `binary(body, "profile")`. (`start` must take a
-/// writer it can keep until `stop`, e.g. a shared buffer.)
+/// invalid or ≤ 0). A profile already running (another request, or the application's own)
+/// gives Go's 500 `Could not enable CPU profiling: cpu profiling already in use`.
 fn cpu_profile(query: &Query) -> Response {
-    let _seconds = query
+    let seconds = query
         .get("seconds")
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&s| s > 0)
         .unwrap_or(30);
-    Response::error(404, "CPU profiling not available in this build")
+    let body = SharedBuf::default();
+    if let Err(e) = crate::start_cpu_profile(body.clone()) {
+        return Response::error(500, &format!("Could not enable CPU profiling: {e}"));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    match crate::stop_cpu_profile_result() {
+        Some(Err(e)) => Response::error(500, &format!("Could not write CPU profile: {e}")),
+        _ => binary(body.take(), "profile"),
+    }
+}
+
+/// A writer the CPU profiler keeps until stop, read back afterwards.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn named_profile(name: &str, query: &Query) -> Response {

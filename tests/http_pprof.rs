@@ -143,9 +143,32 @@ fn debug_pprof_over_http() {
     let delta = get(&addr, "/debug/pprof/heap?seconds=1");
     assert_eq!(delta.status, 501, "{}", delta.text());
 
-    let cpu = get(&addr, "/debug/pprof/profile?seconds=1");
-    assert_eq!(cpu.status, 404);
-    assert_eq!(cpu.text(), "CPU profiling not available in this build\n");
+    // CPU: a 1-second profile of the busy server; a second request while it runs gets Go's
+    // 500; go tool pprof reads the endpoint.
+    let busy = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/debug/pprof/profile?seconds=2"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let clash = get(&addr, "/debug/pprof/profile?seconds=1");
+    assert_eq!(clash.status, 500, "{}", clash.text());
+    assert!(
+        clash
+            .text()
+            .starts_with("Could not enable CPU profiling: cpu profiling already in use"),
+        "{}",
+        clash.text()
+    );
+    let cpu = busy.join().unwrap();
+    assert_eq!(cpu.status, 200, "{}", cpu.text());
+    let f = common::write_scratch("http_cpu.pb.gz", &cpu.body);
+    if let Some(top) = common::go_pprof(&["-top", &f]) {
+        assert!(top.contains("Type: cpu"), "{top}");
+    }
+    let url = format!("http://{addr}/debug/pprof/profile?seconds=1");
+    if let Some(raw) = common::go_pprof(&["-raw", &url]) {
+        assert!(raw.contains("samples/count cpu/nanoseconds"), "{raw}");
+    }
 
     let cmdline = get(&addr, "/debug/pprof/cmdline");
     assert!(cmdline.text().contains("--until-eof"), "{}", cmdline.text());
