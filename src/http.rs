@@ -538,11 +538,8 @@ mod tests {
         assert_eq!(handle("/debug/pprof/heap?seconds=").status, 200);
         assert_eq!(handle("/elsewhere").status, 404);
         assert_eq!(handle("/debug/pprof").header("location"), Some(PREFIX));
-        let cpu = handle("/debug/pprof/profile?seconds=1");
-        assert_eq!(cpu.status, 404);
-        assert!(cpu
-            .body
-            .starts_with(b"CPU profiling not available in this build"));
+        // The CPU route itself is exercised end to end in tests/http_pprof.rs (it holds the
+        // process-wide CPU profiler for `seconds`).
     }
 
     #[test]
