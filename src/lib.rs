@@ -34,6 +34,7 @@ pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
 pub use profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 pub use report::top_table;
+pub use report::{read_profile, ProfileData, SampleType, StackSample};
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
 /// sampling off, `1` records every allocation. Each thread switches at its next sample;
