@@ -2,7 +2,7 @@
 //! (`8MiB`, `1.50KiB`), nanoseconds in `ns`/`us`/`ms`/`s`, anything else as a plain number;
 //! and profile times as UTC dates. Pure functions, used by `table` and `flame`.
 
-/// `v` in `unit`, scaled and with at most two decimals, trailing zeros dropped (like pprof).
+/// `v` in `unit`, scaled, with two decimals unless they are `.00` (like pprof).
 pub fn format(v: i64, unit: &str) -> String {
     let steps: &[(f64, &str)] = match unit {
         "bytes" => &[
@@ -22,10 +22,8 @@ pub fn format(v: i64, unit: &str) -> String {
         .find(|(d, _)| a >= *d)
         .copied()
         .unwrap_or(steps[0]);
-    let mut n = format!("{:.2}", a / div);
-    if n.contains('.') {
-        n = n.trim_end_matches('0').trim_end_matches('.').to_string();
-    }
+    let n = format!("{:.2}", a / div);
+    let n = n.strip_suffix(".00").unwrap_or(&n);
     format!("{}{n}{name}", if v < 0 { "-" } else { "" })
 }
 
