@@ -43,6 +43,7 @@ pub use error::Error;
 pub use labels::{with_labels, LabelGuard, Labeled, Labels};
 pub use profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 pub use report::top_table;
+pub use report::{read_profile, ProfileData, SampleType, StackSample};
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
 /// sampling off, `1` records every allocation. Each thread switches at its next sample;

@@ -1,7 +1,11 @@
-//! Reading profiles back: a small `top` table from any pprof file (ours or Go's), so a user
-//! sees a result without installing Go.
+//! Reading profiles back: [`read_profile`] turns any pprof file (ours or Go's) into plain
+//! stacks of function names and values, and [`top_table`] prints a small table from it, so a
+//! user sees a result without installing Go. The `heaprof` command-line viewer
+//! (`heaprof-cli/`) is built on [`read_profile`].
 //!
-//! Writers' side only; never runs in the allocator.
+//! Readers' side only: called by applications and tools on bytes they hold; never runs in
+//! the allocator, and never trusts its input (every bad file is an [`Error::InvalidProfile`]
+//! saying what was wrong).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -12,11 +16,15 @@ use prost::Message;
 use crate::error::Error;
 use crate::pprof::proto;
 
-/// Decodes a pprof profile: gzip-compressed or raw protobuf.
-pub fn decode(bytes: &[u8]) -> Result<proto::Profile, Error> {
+/// Decodes a pprof profile: gzip-compressed or raw protobuf. Each way a file can fail to be a
+/// profile has its own message: empty, truncated or corrupt gzip, gzip whose content is not
+/// a profile, legacy text, neither gzip nor protobuf.
+pub(crate) fn decode(bytes: &[u8]) -> Result<proto::Profile, Error> {
     let mut raw = Vec::new();
-    let body: &[u8] = if bytes.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(bytes)
+    let gzipped = bytes.starts_with(&[0x1f, 0x8b]);
+    let body: &[u8] = if gzipped {
+        // Multi-member, like Go's gzip.Reader (pprof reads files with it).
+        flate2::read::MultiGzDecoder::new(bytes)
             .read_to_end(&mut raw)
             .map_err(|e| {
                 Error::InvalidProfile(format!("gzip stream is truncated or corrupt: {e}"))
@@ -26,18 +34,228 @@ pub fn decode(bytes: &[u8]) -> Result<proto::Profile, Error> {
         bytes
     };
     if body.is_empty() {
-        return Err(Error::InvalidProfile(
-            "empty input: not a pprof profile".into(),
-        ));
+        return Err(Error::InvalidProfile(if gzipped {
+            "gzip-compressed, but empty inside: not a pprof profile".into()
+        } else {
+            "empty input: not a pprof profile".into()
+        }));
     }
-    let p = proto::Profile::decode(body)
-        .map_err(|e| Error::InvalidProfile(format!("not a pprof protobuf ({e})")))?;
+    let what = if gzipped {
+        "gzip-compressed, but the content is not a pprof protobuf"
+    } else if body.starts_with(b"heap profile:")
+        || body.windows(10).take(64).any(|w| w == b" profile: ")
+    {
+        "legacy text profile (debug=1), not a pprof protobuf: write it with debug=0"
+    } else {
+        "neither gzip-compressed nor a pprof protobuf"
+    };
+    let p =
+        proto::Profile::decode(body).map_err(|e| Error::InvalidProfile(format!("{what} ({e})")))?;
     if p.string_table.first().map(String::as_str) != Some("") || p.sample_type.is_empty() {
-        return Err(Error::InvalidProfile(
-            "not a pprof profile: no string table or sample types".into(),
-        ));
+        return Err(Error::InvalidProfile(format!(
+            "{what}: no string table or sample types"
+        )));
     }
     Ok(p)
+}
+
+/// A sample type (or the period type) of a profile: what a value counts, in which unit,
+/// e.g. `inuse_space` in `bytes`, `cpu` in `nanoseconds`, `threadcreate` in `count`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SampleType {
+    /// The type, e.g. `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`.
+    pub name: String,
+    /// The unit, e.g. `count`, `bytes`, `nanoseconds`.
+    pub unit: String,
+}
+
+/// One sample of a profile: a call stack and one value per [`ProfileData::sample_types`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSample {
+    /// Function names, **leaf first** (the function that allocated, then its caller, … up to
+    /// the root), inlined frames expanded like pprof does. A location without function
+    /// information (an unsymbolized profile) is shown as its address, `0x…`.
+    pub stack: Vec<String>,
+    /// One value per sample type, in the order of [`ProfileData::sample_types`].
+    pub values: Vec<i64>,
+}
+
+/// A pprof profile reduced to what a viewer needs: the sample types and every sample as a
+/// stack of function names with its values. Made by [`read_profile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProfileData {
+    /// What each value of a sample counts (never empty).
+    pub sample_types: Vec<SampleType>,
+    /// The profile's `default_sample_type` if it sets one (Go's `allocs` sets
+    /// `alloc_space`; `heap` leaves it unset). See [`ProfileData::default_sample_index`].
+    pub default_sample_type: Option<String>,
+    /// What one sampling event is, e.g. `space`/`bytes` for heap profiles, if set.
+    pub period_type: Option<SampleType>,
+    /// Events per sample (heap: the sampling rate in bytes; CPU: nanoseconds per sample).
+    pub period: i64,
+    /// When the profile was taken, nanoseconds since the Unix epoch (0 if unknown).
+    pub time_nanos: i64,
+    /// How long it covers, in nanoseconds (0 if not set, as in heap profiles).
+    pub duration_nanos: i64,
+    /// The samples, in file order.
+    pub samples: Vec<StackSample>,
+}
+
+impl ProfileData {
+    /// The index pprof shows by default: the sample type named by `default_sample_type`,
+    /// else the **last** sample type (for a heap profile, `inuse_space`).
+    ///
+    /// ```
+    /// let mut pb = Vec::new();
+    /// heaprof::write_heap_profile(&mut pb).unwrap();
+    /// let p = heaprof::read_profile(&pb).unwrap();
+    /// assert_eq!(p.sample_types[p.default_sample_index()].name, "inuse_space");
+    /// ```
+    pub fn default_sample_index(&self) -> usize {
+        self.default_sample_type
+            .as_deref()
+            .and_then(|d| self.sample_types.iter().position(|t| t.name == d))
+            .unwrap_or(self.sample_types.len() - 1)
+    }
+
+    /// The index of a sample type given by name (`inuse_space`) or by number (`3`), like
+    /// pprof's `-sample_index`. An unknown one is an [`Error::InvalidConfig`] listing the
+    /// types the profile has.
+    ///
+    /// ```
+    /// let mut pb = Vec::new();
+    /// heaprof::write_heap_profile(&mut pb).unwrap();
+    /// let p = heaprof::read_profile(&pb).unwrap();
+    /// assert_eq!(p.sample_index("alloc_space").unwrap(), 1);
+    /// assert_eq!(p.sample_index("0").unwrap(), 0);
+    /// assert!(p.sample_index("cpu").is_err());
+    /// ```
+    pub fn sample_index(&self, name_or_number: &str) -> Result<usize, Error> {
+        if let Some(i) = self
+            .sample_types
+            .iter()
+            .position(|t| t.name == name_or_number)
+        {
+            return Ok(i);
+        }
+        match name_or_number.parse::<usize>() {
+            Ok(i) if i < self.sample_types.len() => Ok(i),
+            _ => Err(Error::InvalidConfig(format!(
+                "sample index {name_or_number:?} not in this profile; it has: {}",
+                self.sample_types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("{i} {}", t.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
+/// Reads a pprof profile — gzip-compressed or raw protobuf, written by heaprof, Go or any
+/// other pprof producer — into [`ProfileData`]: sample types and stacks of function names.
+///
+/// Fails with [`Error::InvalidProfile`] saying what is wrong: empty input, truncated or
+/// corrupt gzip, gzip whose content is not a profile, legacy text, neither gzip nor
+/// protobuf, or a profile that breaks pprof's rules (a sample with the wrong number of
+/// values, an id that refers to nothing).
+///
+/// ```
+/// let mut pb = Vec::new();
+/// heaprof::write_heap_profile(&mut pb).unwrap();
+/// let p = heaprof::read_profile(&pb).unwrap();
+/// let names: Vec<&str> = p.sample_types.iter().map(|t| t.name.as_str()).collect();
+/// assert_eq!(names, ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]);
+/// assert!(p.samples.iter().all(|s| s.values.len() == 4));
+/// assert!(heaprof::read_profile(b"not a profile").is_err());
+/// ```
+pub fn read_profile(bytes: &[u8]) -> Result<ProfileData, Error> {
+    let p = decode(bytes)?;
+    let bad = |m: String| Error::InvalidProfile(m);
+    let s = |i: i64| -> Result<String, Error> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| p.string_table.get(i))
+            .cloned()
+            .ok_or_else(|| bad(format!("string index {i} is outside the string table")))
+    };
+    let value_type = |t: &proto::ValueType| -> Result<SampleType, Error> {
+        Ok(SampleType {
+            name: s(t.r#type)?,
+            unit: s(t.unit)?,
+        })
+    };
+    let sample_types = p
+        .sample_type
+        .iter()
+        .map(value_type)
+        .collect::<Result<Vec<_>, _>>()?;
+    let funcs: HashMap<u64, String> = p
+        .function
+        .iter()
+        .map(|f| Ok((f.id, s(f.name)?)))
+        .collect::<Result<_, Error>>()?;
+    let mut locs: HashMap<u64, Vec<String>> = HashMap::with_capacity(p.location.len());
+    for l in &p.location {
+        let names = if l.line.is_empty() {
+            vec![format!("{:#x}", l.address)]
+        } else {
+            l.line
+                .iter()
+                .map(|line| {
+                    funcs.get(&line.function_id).cloned().ok_or_else(|| {
+                        bad(format!(
+                            "location {} refers to function id {}, which is not in the profile",
+                            l.id, line.function_id
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        locs.insert(l.id, names);
+    }
+    let mut samples = Vec::with_capacity(p.sample.len());
+    for (n, sample) in p.sample.iter().enumerate() {
+        if sample.value.len() != sample_types.len() {
+            return Err(bad(format!(
+                "sample {n} has {} values for {} sample types",
+                sample.value.len(),
+                sample_types.len()
+            )));
+        }
+        let mut stack = Vec::with_capacity(sample.location_id.len());
+        for id in &sample.location_id {
+            let names = locs.get(id).ok_or_else(|| {
+                bad(format!(
+                    "sample {n} refers to location id {id}, which is not in the profile"
+                ))
+            })?;
+            stack.extend(names.iter().cloned());
+        }
+        samples.push(StackSample {
+            stack,
+            values: sample.value.clone(),
+        });
+    }
+    let default_sample_type = match p.default_sample_type {
+        0 => None,
+        i => Some(s(i)?),
+    };
+    let period_type = match &p.period_type {
+        Some(t) if t.r#type != 0 || t.unit != 0 => Some(value_type(t)?),
+        _ => None,
+    };
+    Ok(ProfileData {
+        sample_types,
+        default_sample_type,
+        period_type,
+        period: p.period,
+        time_nanos: p.time_nanos,
+        duration_nanos: p.duration_nanos,
+        samples,
+    })
 }
 
 fn human_bytes(v: i64) -> String {
@@ -159,8 +377,111 @@ mod tests {
         let e = decode(b"hello world, this is text")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a pprof"), "{e}");
+        assert!(e.contains("neither gzip-compressed nor a pprof"), "{e}");
+        let e = decode(b"heap profile: 1: 2 [3: 4] @ heap/1048576\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("legacy text"), "{e}");
+        let gz = |body: &[u8]| {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut w, body).unwrap();
+            w.finish().unwrap()
+        };
+        let e = decode(&gz(b"hello world, this is text"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gzip-compressed, but the content is not"), "{e}");
+        let e = decode(&gz(b"")).unwrap_err().to_string();
+        assert!(e.contains("empty inside"), "{e}");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+
+    /// A profile built by our own builder, with an inlined frame, read back as names.
+    fn built(values: &[i64]) -> Vec<u8> {
+        use crate::pprof::proto::*;
+        let p = Profile {
+            sample_type: vec![
+                ValueType { r#type: 1, unit: 2 },
+                ValueType { r#type: 3, unit: 2 },
+            ],
+            sample: vec![Sample {
+                location_id: vec![1, 2],
+                value: values.to_vec(),
+                label: vec![],
+            }],
+            location: vec![
+                Location {
+                    id: 1,
+                    line: vec![
+                        Line {
+                            function_id: 10,
+                            line: 1,
+                            column: 0,
+                        },
+                        Line {
+                            function_id: 11,
+                            line: 2,
+                            column: 0,
+                        },
+                    ],
+                    ..Default::default()
+                },
+                Location {
+                    id: 2,
+                    address: 0x1234,
+                    ..Default::default()
+                },
+            ],
+            function: vec![
+                Function {
+                    id: 10,
+                    name: 4,
+                    ..Default::default()
+                },
+                Function {
+                    id: 11,
+                    name: 5,
+                    ..Default::default()
+                },
+            ],
+            string_table: ["", "a_space", "bytes", "b_space", "inner", "outer"]
+                .map(String::from)
+                .to_vec(),
+            default_sample_type: 1,
+            ..Default::default()
+        };
+        p.encode_to_vec()
+    }
+
+    #[test]
+    fn reads_stacks_leaf_first_with_inlines_and_addresses() {
+        let p = read_profile(&built(&[5, 7])).unwrap();
+        assert_eq!(p.samples.len(), 1);
+        assert_eq!(p.samples[0].stack, ["inner", "outer", "0x1234"]);
+        assert_eq!(p.samples[0].values, [5, 7]);
+        assert_eq!(p.default_sample_type.as_deref(), Some("a_space"));
+        assert_eq!(p.default_sample_index(), 0);
+        assert_eq!(p.sample_types[1].unit, "bytes");
+        assert_eq!(p.sample_index("b_space").unwrap(), 1);
+        let e = p.sample_index("c_space").unwrap_err().to_string();
+        assert!(e.contains("0 a_space, 1 b_space"), "{e}");
+        let e = read_profile(&built(&[5])).unwrap_err().to_string();
+        assert!(
+            e.contains("sample 0 has 1 values for 2 sample types"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reports_dangling_ids() {
+        let mut p = crate::pprof::proto::Profile::decode(built(&[1, 2]).as_slice()).unwrap();
+        p.sample[0].location_id.push(99);
+        let e = read_profile(&p.encode_to_vec()).unwrap_err().to_string();
+        assert!(e.contains("location id 99"), "{e}");
+        p.sample[0].location_id.pop();
+        p.function.pop();
+        let e = read_profile(&p.encode_to_vec()).unwrap_err().to_string();
+        assert!(e.contains("function id 11"), "{e}");
     }
 }
