@@ -39,9 +39,9 @@ fn map_lock<G, H>(r: LockResult<G>, f: impl FnOnce(G) -> H) -> LockResult<H> {
 fn map_try<G, H>(r: TryLockResult<G>, f: impl FnOnce(G) -> H) -> TryLockResult<H> {
     match r {
         Ok(g) => Ok(f(g)),
-        Err(TryLockError::Poisoned(p)) => Err(TryLockError::Poisoned(PoisonError::new(f(
-            p.into_inner(),
-        )))),
+        Err(TryLockError::Poisoned(p)) => {
+            Err(TryLockError::Poisoned(PoisonError::new(f(p.into_inner()))))
+        }
         Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
     }
 }
@@ -424,8 +424,7 @@ impl Condvar {
         if !condition(&mut *guard) {
             // std returns a "not timed out" result without waiting; get one the same way.
             return map_lock(
-                self.inner
-                    .wait_timeout_while(guard.inner, dur, |_| false),
+                self.inner.wait_timeout_while(guard.inner, dur, |_| false),
                 |(inner, t)| (MutexGuard { inner }, t),
             );
         }

@@ -156,7 +156,10 @@ fn install() -> Result<c_int, String> {
             // barrier): read it first, then install.
             // SAFETY: querying with a null new action only writes `old`.
             if unsafe { libc::sigaction(sig, core::ptr::null(), &mut old) } != 0 {
-                return Err(format!("sigaction({sig}): {}", std::io::Error::last_os_error()));
+                return Err(format!(
+                    "sigaction({sig}): {}",
+                    std::io::Error::last_os_error()
+                ));
             }
             if old.sa_sigaction != handler_addr() {
                 PREV_HANDLER.store(old.sa_sigaction, Ordering::Relaxed);
@@ -164,7 +167,10 @@ fn install() -> Result<c_int, String> {
             }
             // SAFETY: `new` is fully initialised; `handler` has the SA_SIGINFO signature.
             if unsafe { libc::sigaction(sig, &new, core::ptr::null_mut()) } != 0 {
-                return Err(format!("sigaction({sig}): {}", std::io::Error::last_os_error()));
+                return Err(format!(
+                    "sigaction({sig}): {}",
+                    std::io::Error::last_os_error()
+                ));
             }
             SIGNAL.store(sig, Ordering::Release);
             Ok(sig)
@@ -288,15 +294,17 @@ fn send(sig: c_int, tid: i32, slot: usize, round: u64) -> Result<(), i32> {
     // SAFETY: QueueInfo is no larger than siginfo_t (checked at compile time) and lays out
     // the same leading fields; siginfo_t is suitably aligned for it (8).
     unsafe {
-        (&mut info as *mut libc::siginfo_t).cast::<QueueInfo>().write(QueueInfo {
-            signo: sig,
-            errno: 0,
-            code: libc::SI_QUEUE,
-            _pad: 0,
-            pid,
-            uid,
-            value: value as usize,
-        })
+        (&mut info as *mut libc::siginfo_t)
+            .cast::<QueueInfo>()
+            .write(QueueInfo {
+                signo: sig,
+                errno: 0,
+                code: libc::SI_QUEUE,
+                _pad: 0,
+                pid,
+                uid,
+                value: value as usize,
+            })
     };
     // SAFETY: rt_tgsigqueueinfo(tgid, tid, sig, &info) reads `info` only; a thread of our own
     // process may be sent any si_code.
@@ -344,7 +352,7 @@ fn mask_has(status: &str, key: &str, sig: c_int) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|m| sig >= 1 && sig <= 64 && m & (1u64 << (sig - 1)) != 0)
+        .is_some_and(|m| (1..=64).contains(&sig) && m & (1u64 << (sig - 1)) != 0)
 }
 
 /// Captures the stack of every thread in `tids` (the caller's own excluded by the caller).

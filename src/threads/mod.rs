@@ -8,8 +8,8 @@
 //! [`crate::unwind::capture`].
 //!
 //! Output (`debug`):
-//! - `0`: gzip pprof, `sample_type` = [`threads`/`count`], `period_type` the same, `period`
-//!   1. One sample per (stack, thread name), value = threads with both, string label
+//! - `0`: gzip pprof, `sample_type` = [`threads`/`count`], `period_type` the same, period
+//!   one. One sample per (stack, thread name), value = threads with both, string label
 //!   `thread` = the name (`/proc/self/task/TID/comm`). Grouping by stack alone (as Go does)
 //!   would lose the names; one sample per thread would lose the grouping: (stack, name) keeps
 //!   both for pools of identically named workers.
