@@ -253,7 +253,10 @@ fn go_contention_text_and_go_tool_pprof() {
         let (vals, addrs) = l.split_once(" @").unwrap_or_else(|| panic!("{l:?}"));
         let v: Vec<u64> = vals.split(' ').map(|x| x.parse().unwrap()).collect();
         assert_eq!(v.len(), 2, "{l:?}");
-        assert!(addrs.split(' ').skip(1).all(|a| a.starts_with("0x")), "{l:?}");
+        assert!(
+            addrs.split(' ').skip(1).all(|a| a.starts_with("0x")),
+            "{l:?}"
+        );
         samples += 1;
     }
     assert!(samples >= 1);

@@ -116,9 +116,13 @@ fn park_three(tag: &str) -> Parked {
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
     let c = cv.clone();
-    handles.push(spawn(&format!("{tag}-cv"), &tx, move || park_in_condvar(&c)));
+    handles.push(spawn(&format!("{tag}-cv"), &tx, move || {
+        park_in_condvar(&c)
+    }));
     let s = stop.clone();
-    handles.push(spawn(&format!("{tag}-sleep"), &tx, move || park_in_sleep(&s)));
+    handles.push(spawn(&format!("{tag}-sleep"), &tx, move || {
+        park_in_sleep(&s)
+    }));
     let s = stop.clone();
     handles.push(spawn(&format!("{tag}-busy"), &tx, move || {
         black_box(spin_busy(&s));
@@ -210,7 +214,9 @@ fn masked_thread_is_reported_and_answers_once_unmasked() {
     let (tx, rx) = mpsc::channel();
     let (mtx, mrx) = mpsc::channel();
     let (s, u) = (stop.clone(), unmask.clone());
-    let h = spawn("masked", &tx, move || park_with_signals_blocked(&s, &u, mtx));
+    let h = spawn("masked", &tx, move || {
+        park_with_signals_blocked(&s, &u, mtx)
+    });
     let (_, tid) = rx.recv().unwrap();
     mrx.recv().unwrap();
 
@@ -225,7 +231,10 @@ fn masked_thread_is_reported_and_answers_once_unmasked() {
         .map(|&c| p.string_table[c as usize].as_str())
         .collect();
     let needle = format!("thread {tid} \"masked\": blocks the capture signal");
-    assert!(comments.iter().any(|c| c.starts_with(&needle)), "{comments:?}");
+    assert!(
+        comments.iter().any(|c| c.starts_with(&needle)),
+        "{comments:?}"
+    );
 
     // Signalled anyway (no up-front check): the writer gives up after the timeout, then sees
     // the signal still pending and does not queue another.
