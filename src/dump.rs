@@ -414,7 +414,7 @@ mod tests {
             profiles: vec!["heapp".into()],
             ..ok.clone()
         })
-        .contains("unknown profile \"heapp\" (known: allocs, heap"));
+        .contains("unknown profile \"heapp\" (known: allocs, block, heap"));
         assert!(bad(DumpConfig {
             profiles: vec![],
             ..ok.clone()

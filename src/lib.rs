@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 mod alloc;
+mod block;
 mod buckets;
 mod config;
 mod count;
@@ -24,9 +25,11 @@ mod ring;
 mod sampler;
 mod stacktab;
 mod symbolize;
+pub mod sync;
 mod sys;
 mod tables;
 mod threadcreate;
+mod threads;
 mod tls;
 mod unwind;
 
@@ -68,6 +71,25 @@ pub fn set_table_capacity(stacks: usize, buckets: usize) -> Result<(), Error> {
     tables::set_capacity(stacks, buckets)
 }
 
+/// Sets the block profile rate in nanoseconds (Go's `runtime.SetBlockProfileRate`): `0` (the
+/// default) records nothing, `1` records every blocking event of the [`sync`] wrappers, `R`
+/// records an event that blocked `d` ns with probability `min(1, d / R)`, scaled so the
+/// `block` profile's totals are unbiased. Takes effect for waits that end after the call.
+///
+/// ```
+/// heaprof::set_block_profile_rate(1);
+/// assert_eq!(heaprof::block_profile_rate(), 1);
+/// heaprof::set_block_profile_rate(0);
+/// ```
+pub fn set_block_profile_rate(rate_ns: u64) {
+    block::set_rate(rate_ns)
+}
+
+/// The block profile rate in force, in nanoseconds (0 = off).
+pub fn block_profile_rate() -> u64 {
+    block::rate()
+}
+
 /// Internals re-exported for the crate's own integration tests (`tests/`). Not a stable API.
 #[doc(hidden)]
 pub mod __private {
@@ -76,6 +98,11 @@ pub mod __private {
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};
     pub use crate::symbolize::{SymFrame, Symbolizer};
+    pub use crate::threads::capture::set_options as set_threads_capture_options;
+    /// Forgets the block profile's records (tests).
+    pub fn reset_block_profile() {
+        crate::block::reset()
+    }
     pub use crate::unwind::{
         capture, capture_from_ucontext, global_init, stats, thread_init, UnwindStats, MAX_DEPTH,
     };

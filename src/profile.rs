@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::custom::{self, CustomProfile, ProfileKey};
 use crate::error::Error;
 use crate::heap::{self, HeapView};
-use crate::{count, tables, threadcreate};
+use crate::{block, count, tables, threadcreate, threads};
 
 /// A profile heaprof records itself.
 struct Predefined {
@@ -58,7 +58,31 @@ static PREDEFINED: &[Predefined] = &[
             count::write(w, "threadcreate", &ids, stacks, d, trim)
         },
     },
+    Predefined {
+        name: "threads",
+        count: threads::count,
+        write: |w, d| threads::write(w, "threads", d),
+    },
+    Predefined {
+        name: "block",
+        count: block::count,
+        write: block::write,
+    },
 ];
+
+/// Other names `lookup` accepts for predefined profiles: (alias, profile). Aliases are not
+/// listed by [`profiles`] (each profile appears once, under its own name) and cannot be
+/// taken by custom profiles. `goroutine`: Go's name for the all-stacks profile, so
+/// `/debug/pprof/goroutine` and Go tooling find `threads`.
+static ALIASES: &[(&str, &str)] = &[("goroutine", "threads")];
+
+fn predefined(name: &str) -> Option<&'static Predefined> {
+    let name = ALIASES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map_or(name, |(_, p)| p);
+    PREDEFINED.iter().find(|p| p.name == name)
+}
 
 /// Custom profiles by name.
 static CUSTOM: Mutex<BTreeMap<String, Arc<CustomProfile>>> = Mutex::new(BTreeMap::new());
@@ -71,8 +95,9 @@ fn custom_registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<Cust
 /// A named collection of stack traces, like Go's `*pprof.Profile`. Cheap to clone; clones
 /// are handles to the same profile.
 ///
-/// Predefined: `allocs`, `heap` (sampled allocations) and `threadcreate` (the stack that
-/// created each OS thread). Custom profiles ([`Profile::new`]) count live keys by the stack
+/// Predefined: `allocs`, `heap` (sampled allocations), `threadcreate` (the stack that
+/// created each OS thread), `threads` (alias `goroutine`: every thread's stack now) and
+/// `block` (waits on [`crate::sync`] locks, with [`crate::set_block_profile_rate`]). Custom profiles ([`Profile::new`]) count live keys by the stack
 /// that added them — open files, connections, leases:
 ///
 /// ```
@@ -134,7 +159,7 @@ impl Profile {
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::InvalidProfileName(name.to_string()));
         }
-        if PREDEFINED.iter().any(|p| p.name == name) {
+        if predefined(name).is_some() {
             return Err(Error::DuplicateProfile(name.to_string()));
         }
         let mut reg = custom_registry();
@@ -332,14 +357,15 @@ pub fn profiles() -> Vec<Profile> {
     all
 }
 
-/// The profile called `name`, if there is one.
+/// The profile called `name`, if there is one. `goroutine` is accepted for `threads`.
 ///
 /// ```
 /// assert!(heaprof::lookup("heap").is_some());
+/// assert_eq!(heaprof::lookup("goroutine").unwrap().name(), "threads");
 /// assert!(heaprof::lookup("no.such.profile").is_none());
 /// ```
 pub fn lookup(name: &str) -> Option<Profile> {
-    if let Some(p) = PREDEFINED.iter().find(|p| p.name == name) {
+    if let Some(p) = predefined(name) {
         return Some(Profile {
             kind: Kind::Predefined(p),
         });
