@@ -49,10 +49,15 @@ pub use report::top_table;
 pub use report::{read_profile, ProfileData, SampleType, StackSample};
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
-/// sampling off, `1` records every allocation. Each thread switches at its next sample;
-/// samples already taken keep the weight of the rate they were taken at.
+/// sampling off, `1` records every allocation. The calling thread switches at once (its
+/// countdown is redrawn at its next allocation); every other thread at its next sample.
+/// Samples already taken keep the weight of the rate they were taken at.
 pub fn set_sample_rate(bytes: usize) {
-    config::set_sample_rate(bytes)
+    config::set_sample_rate(bytes);
+    tls::with(|t| {
+        t.countdown.set(0);
+        t.drawn_rate.set(0);
+    });
 }
 
 /// The sampling rate in force (`HEAPROF_RATE` or [`DEFAULT_SAMPLE_RATE`] until set).
