@@ -364,6 +364,9 @@ fn record(tid: i32, uc: *mut libc::c_void) {
 // ---------------------------------------------------------------------------------------
 // Drain thread and writer
 
+/// What CPU samples are aggregated by: thread name, label set id, stack.
+type SampleKey = (Arc<str>, u32, Box<[usize]>);
+
 struct Drain {
     ring: &'static Ring,
     timers: timers::Timers,
@@ -375,7 +378,7 @@ struct Drain {
     adopted_before: usize,
     unwind_before: unwind::UnwindStats,
     /// (thread name, label set, stack) → samples.
-    agg: HashMap<(Arc<str>, u32, Box<[usize]>), i64>,
+    agg: HashMap<SampleKey, i64>,
     /// tid → thread name, read at the tid's first sample.
     names: HashMap<i32, Arc<str>>,
     samples_drained: u64,
