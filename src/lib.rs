@@ -10,10 +10,12 @@ mod custom;
 mod dump;
 mod env_init;
 mod error;
+mod fork;
 mod heap;
 #[cfg(feature = "http")]
 pub mod http;
 mod live;
+mod once;
 mod pprof;
 mod profile;
 mod report;

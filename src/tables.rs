@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::buckets::{Bucket, BucketTable};
 use crate::error::Error;
+use crate::once::ForkOnce;
 use crate::stacktab::{StackSlot, StackTable};
 use crate::sys;
 
@@ -42,7 +43,7 @@ pub struct Tables {
     pub buckets: BucketTable,
 }
 
-static TABLES: spin::Once<Option<Tables>> = spin::Once::new();
+static TABLES: ForkOnce<Option<Tables>> = ForkOnce::new();
 
 fn map_slice<T>(n: usize) -> Option<&'static [T]> {
     let p = sys::map_zeroed(n.checked_mul(core::mem::size_of::<T>())?);
@@ -60,6 +61,7 @@ fn map_slice<T>(n: usize) -> Option<&'static [T]> {
 pub fn get() -> Option<&'static Tables> {
     TABLES
         .call_once(|| {
+            crate::fork::ensure_registered();
             let stacks = capacity(&STACKS, c"HEAPROF_STACKS", DEFAULT_STACKS);
             let buckets = capacity(&BUCKETS, c"HEAPROF_BUCKETS", DEFAULT_BUCKETS);
             let stacks = map_slice::<StackSlot>(stacks + 1)?;
@@ -71,6 +73,12 @@ pub fn get() -> Option<&'static Tables> {
             })
         })
         .as_ref()
+}
+
+/// In a forked child: lets the child create the tables if the fork interrupted their
+/// creation on another thread (see `fork.rs`).
+pub fn after_fork_child() {
+    TABLES.reset_after_fork();
 }
 
 /// The tables if they exist already (writers never create them).
