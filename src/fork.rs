@@ -40,6 +40,7 @@ extern "C" fn child() {
     let _guard = crate::tls::ProfilerGuard::enter();
     crate::tables::after_fork_child();
     crate::threadcreate::after_fork_child();
+    crate::unwind::after_fork_child();
 }
 
 /// Registers the handlers once per process. Cheap after the first call (one atomic load).
