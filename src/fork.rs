@@ -30,12 +30,14 @@ static REGISTERED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn prepare() {
     let _guard = crate::tls::ProfilerGuard::enter();
+    crate::custom::fork_prepare();
     crate::symbolize::fork_prepare();
 }
 
 extern "C" fn parent() {
     let _guard = crate::tls::ProfilerGuard::enter();
     crate::symbolize::fork_release();
+    crate::custom::fork_release();
 }
 
 extern "C" fn child() {
@@ -44,6 +46,7 @@ extern "C" fn child() {
     crate::threadcreate::after_fork_child();
     crate::unwind::after_fork_child();
     crate::symbolize::fork_release();
+    crate::custom::fork_release();
 }
 
 /// Registers the handlers once per process. Cheap after the first call (one atomic load).
