@@ -197,6 +197,7 @@ fn writer_failing_mid_profile_returns_the_error_and_next_write_works() {
 }
 
 #[inline(never)]
+#[allow(clippy::vec_box)] // the boxes are the allocations under test
 fn after_flips_site(n: usize) -> Vec<Box<[u8; 48]>> {
     (0..n).map(|_| Box::new([7u8; 48])).collect()
 }
