@@ -106,6 +106,7 @@ fn lock(m: &Mutex<KeyMap>) -> MutexGuard<'_, KeyMap> {
 impl CustomProfile {
     /// An empty profile called `name`.
     pub fn new(name: String) -> Self {
+        crate::fork::ensure_registered();
         CustomProfile {
             name,
             shard_hasher: RandomState::new(),
@@ -168,6 +169,47 @@ impl CustomProfile {
     }
 }
 
+/// What the `pthread_atfork` prepare handler holds across a fork (`fork.rs`). Fields drop in
+/// order: the shard guards, then the profiles they borrow from, then the registry guard.
+struct ForkHeld {
+    _shards: Vec<MutexGuard<'static, KeyMap>>,
+    _profiles: Vec<std::sync::Arc<CustomProfile>>,
+    _registry: crate::profile::RegistryGuard,
+}
+
+thread_local! {
+    /// Set on the forking thread between the prepare and the parent/child handlers.
+    static FORK_HELD: core::cell::RefCell<Option<ForkHeld>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// `pthread_atfork` prepare: locks the registry, then every shard of every custom profile
+/// (waiting for the single map calls in progress), so the child gets each map whole and
+/// each lock free. No other path takes a shard lock and then the registry, so the order
+/// cannot deadlock.
+pub(crate) fn fork_prepare() {
+    let registry = crate::profile::lock_registry();
+    let profiles: Vec<std::sync::Arc<CustomProfile>> = registry.values().cloned().collect();
+    let mut shards = Vec::with_capacity(profiles.len() * SHARDS);
+    for p in &profiles {
+        // SAFETY: the Arc clone is kept in `ForkHeld::_profiles`, which drops after
+        // `ForkHeld::_shards`, so the profile outlives every guard borrowed from it.
+        let p: &'static CustomProfile = unsafe { &*std::sync::Arc::as_ptr(p) };
+        shards.extend(p.shards.iter().map(|s| lock(&s.0)));
+    }
+    let held = ForkHeld {
+        _shards: shards,
+        _profiles: profiles,
+        _registry: registry,
+    };
+    let _ = FORK_HELD.try_with(|h| *h.borrow_mut() = Some(held));
+}
+
+/// `pthread_atfork` parent and child: unlocks what [`fork_prepare`] locked.
+pub(crate) fn fork_release() {
+    let _ = FORK_HELD.try_with(|h| h.borrow_mut().take());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +241,40 @@ mod tests {
         let mut snap = p.snapshot();
         snap.sort();
         assert_eq!(snap, vec![(10, 34), (11, 33), (12, 33)]);
+    }
+
+    /// A fork while another thread holds a shard lock: the fork waits for it (prepare
+    /// handler), and the child can use every shard and the registry.
+    #[test]
+    fn child_forked_while_a_shard_is_locked_can_use_it() {
+        use std::sync::mpsc;
+        let p = crate::Profile::new("t.fork_shards");
+        let c = p.clone();
+        p.add(1usize, 0);
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let prof = crate::profile::custom_of(&c).unwrap();
+            let shard = prof.shard(&1usize);
+            let _g = lock(shard);
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        });
+        locked_rx.recv().unwrap();
+        crate::fork::ensure_registered();
+        let status =
+            crate::fork::test_support::in_child(std::time::Duration::from_secs(20), || {
+                let ok = matches!(p.try_remove(&1usize), Ok(true))
+                    && p.try_add(2usize, 0).is_ok()
+                    && p.count() == 1
+                    && crate::Profile::try_new("t.fork_shards.child").is_ok();
+                if ok {
+                    0
+                } else {
+                    1
+                }
+            });
+        holder.join().unwrap();
+        assert_eq!(status, Some(0), "None = the child deadlocked");
+        assert_eq!(p.count(), 1, "the parent's profile is unchanged");
     }
 }

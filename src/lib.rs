@@ -51,11 +51,13 @@ mod custom;
 mod dump;
 mod env_init;
 mod error;
+mod fork;
 mod heap;
 #[cfg(feature = "http")]
 pub mod http;
 mod labels;
 mod live;
+mod once;
 mod peak;
 mod pprof;
 mod profile;

@@ -27,6 +27,16 @@
 //! ([`OVERALIGNED_CAPACITY`] slots) that `dealloc` of such layouts probes, and only while
 //! the set is not empty. When the set is full such allocations are not sampled (counted).
 //!
+//! # Why the over-aligned set needs no model checker
+//! It is an open-addressing set of non-zero words with one-word slots and three states per
+//! slot (0 empty, [`TOMBSTONE`], a pointer), each changed by a single atomic operation:
+//! insert CASes an empty or tombstoned slot to the pointer, removal stores [`TOMBSTONE`]
+//! (never 0), lookups stop only at 0. So a probe chain is never cut by a removal, a slot is
+//! never owned by two blocks (the CAS), and only the owner of a live block removes it (it is
+//! freeing it). Inserts always find a slot because reservations keep at most 3/4 of the
+//! slots live. The multi-threaded tests (`heap_threads`, `torture_exhaustion`) exercise it;
+//! `stacktab` and `buckets` document their claim/publish protocol the same way.
+//!
 //! # Cost
 //! Per sampled block: at most 4160 bytes (`TAG_PAGE + 64`) for alignments below 4096,
 //! `align` bytes above. At the default rate about one block per 512 KiB allocated is

@@ -92,6 +92,21 @@ fn custom_registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<Cust
     CUSTOM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The registry's lock guard (held across a fork by `custom::fork_prepare`).
+pub(crate) type RegistryGuard =
+    std::sync::MutexGuard<'static, BTreeMap<String, Arc<CustomProfile>>>;
+
+/// Locks the registry, for `custom::fork_prepare`.
+pub(crate) fn lock_registry() -> RegistryGuard {
+    custom_registry()
+}
+
+/// The custom state behind `p`, if it is a custom profile (for tests in `custom`).
+#[cfg(test)]
+pub(crate) fn custom_of(p: &Profile) -> Option<&CustomProfile> {
+    p.custom().ok()
+}
+
 /// A named collection of stack traces, like Go's `*pprof.Profile`. Cheap to clone; clones
 /// are handles to the same profile.
 ///

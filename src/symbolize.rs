@@ -11,9 +11,69 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::pprof::elf::{self, ElfInfo};
 use crate::pprof::maps::{self, MapEntry};
+
+/// Held around every call into `backtrace` (which takes its own global lock and updates its
+/// global cache of parsed debug info): the `pthread_atfork` prepare handler takes it too
+/// (`fork.rs`), so a fork never copies `backtrace`'s lock or cache into the child in the
+/// middle of a lookup by another thread. The owner's `pthread_self()`, 0 when free.
+static SYM_OWNER: AtomicUsize = AtomicUsize::new(0);
+/// Set when the prepare handler took [`SYM_OWNER`] (so the parent and child handlers release
+/// it; it stays clear when the forking thread itself was inside a lookup).
+static SYM_TAKEN_FOR_FORK: AtomicBool = AtomicBool::new(false);
+
+fn self_id() -> usize {
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// Takes [`SYM_OWNER`] for this thread, yielding while another thread holds it.
+fn take_sym_lock(me: usize) {
+    while SYM_OWNER
+        .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+}
+
+struct SymLock;
+
+impl SymLock {
+    fn acquire() -> SymLock {
+        crate::fork::ensure_registered();
+        take_sym_lock(self_id());
+        SymLock
+    }
+}
+
+impl Drop for SymLock {
+    fn drop(&mut self) {
+        SYM_OWNER.store(0, Ordering::Release);
+    }
+}
+
+/// `pthread_atfork` prepare: waits for any lookup in progress on another thread to finish
+/// and holds the lock across the fork. Skipped if this thread holds it (a fork from a signal
+/// handler that interrupted a lookup): waiting would never end.
+pub(crate) fn fork_prepare() {
+    let me = self_id();
+    if SYM_OWNER.load(Ordering::Relaxed) == me {
+        return;
+    }
+    take_sym_lock(me);
+    SYM_TAKEN_FOR_FORK.store(true, Ordering::Relaxed);
+}
+
+/// `pthread_atfork` parent and child: releases what [`fork_prepare`] took.
+pub(crate) fn fork_release() {
+    if SYM_TAKEN_FOR_FORK.swap(false, Ordering::Relaxed) {
+        SYM_OWNER.store(0, Ordering::Release);
+    }
+}
 
 /// One (possibly inlined) frame at a PC.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +147,7 @@ impl Symbolizer {
         let mut frames = Vec::new();
         // backtrace::resolve subtracts 1 from the address it is given (it expects return
         // addresses); our contract is "look up `pc` as is", so hand it pc + 1.
+        let _sym = SymLock::acquire();
         backtrace::resolve(pc.wrapping_add(1) as *mut c_void, |s| {
             let file = s.filename().map(|p| p.display().to_string());
             let (name, system_name) = match s.name() {
@@ -155,6 +216,35 @@ mod tests {
     fn has_hash_suffix(name: &str) -> bool {
         name.rsplit_once("::h")
             .is_some_and(|(_, h)| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    }
+
+    /// A fork while another thread is inside `backtrace::resolve` (holding backtrace's lock):
+    /// the prepare handler waits for it, so the child can symbolize (without it the child
+    /// would wait forever for a lock owned by a thread it does not have).
+    #[test]
+    fn child_forked_during_a_lookup_can_symbolize() {
+        use std::sync::mpsc;
+        let (inside_tx, inside_rx) = mpsc::channel();
+        let pc = capture_here as fn() -> Vec<usize> as usize;
+        let holder = std::thread::spawn(move || {
+            let _l = SymLock::acquire();
+            backtrace::resolve((pc + 16) as *mut c_void, |_| {
+                let _ = inside_tx.send(());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            });
+        });
+        inside_rx.recv().unwrap();
+        let status =
+            crate::fork::test_support::in_child(std::time::Duration::from_secs(30), || {
+                let mut sym = Symbolizer::new();
+                let named = sym
+                    .resolve(pc)
+                    .iter()
+                    .any(|f| f.name.ends_with("capture_here"));
+                i32::from(!named)
+            });
+        holder.join().unwrap();
+        assert_eq!(status, Some(0), "None = the child deadlocked");
     }
 
     #[test]

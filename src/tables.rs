@@ -12,6 +12,7 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::buckets::{Bucket, BucketTable};
 use crate::error::Error;
+use crate::once::ForkOnce;
 use crate::peak::PeakSlot;
 use crate::stacktab::{StackSlot, StackTable};
 use crate::sys;
@@ -46,7 +47,7 @@ pub struct Tables {
     pub peak: &'static [PeakSlot],
 }
 
-static TABLES: spin::Once<Option<Tables>> = spin::Once::new();
+static TABLES: ForkOnce<Option<Tables>> = ForkOnce::new();
 
 fn map_slice<T>(n: usize) -> Option<&'static [T]> {
     let p = sys::map_zeroed(n.checked_mul(core::mem::size_of::<T>())?);
@@ -64,6 +65,7 @@ fn map_slice<T>(n: usize) -> Option<&'static [T]> {
 pub fn get() -> Option<&'static Tables> {
     TABLES
         .call_once(|| {
+            crate::fork::ensure_registered();
             let stacks = capacity(&STACKS, c"HEAPROF_STACKS", DEFAULT_STACKS);
             let buckets = capacity(&BUCKETS, c"HEAPROF_BUCKETS", DEFAULT_BUCKETS);
             let stacks = map_slice::<StackSlot>(stacks + 1)?;
@@ -78,6 +80,12 @@ pub fn get() -> Option<&'static Tables> {
             })
         })
         .as_ref()
+}
+
+/// In a forked child: lets the child create the tables if the fork interrupted their
+/// creation on another thread (see `fork.rs`).
+pub fn after_fork_child() {
+    TABLES.reset_after_fork();
 }
 
 /// The tables if they exist already (writers never create them).

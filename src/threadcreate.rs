@@ -75,13 +75,14 @@ static CREATED: AtomicU64 = AtomicU64::new(0);
 /// `main`, or in a test harness before the test) never fixes the capacity of the shared
 /// tables ([`crate::set_table_capacity`] must still work afterwards). `TABLE_SLOTS` slots of
 /// `stacktab::SLOT_BYTES` (~540 KB virtual, resident as used), mapped on first thread creation.
-static STACKS: spin::Once<Option<StackTable>> = spin::Once::new();
+static STACKS: crate::once::ForkOnce<Option<StackTable>> = crate::once::ForkOnce::new();
 
 /// The creation-stack table, created on first call (`None` if the OS refused the memory).
 /// Never allocates through the global allocator.
 fn stacks() -> Option<&'static StackTable> {
     STACKS
         .call_once(|| {
+            crate::fork::ensure_registered();
             let n = TABLE_SLOTS + 1;
             let p = sys::map_zeroed(n * core::mem::size_of::<StackSlot>());
             if p.is_null() {
@@ -94,6 +95,11 @@ fn stacks() -> Option<&'static StackTable> {
             Some(StackTable::new(slots))
         })
         .as_ref()
+}
+
+/// In a forked child: forget a table creation the fork interrupted (see `fork.rs`).
+pub fn after_fork_child() {
+    STACKS.reset_after_fork();
 }
 
 /// The creation-stack table if any thread was recorded (writers never create it).

@@ -123,6 +123,7 @@ pub(super) fn try_lease(may_alloc: bool) -> Option<Lease> {
                 slot.busy.store(false, Ordering::Release);
                 continue;
             }
+            crate::fork::ensure_registered();
             cache = Box::into_raw(CacheSet::new());
             slot.cache.store(cache, Ordering::Relaxed);
         }
@@ -130,6 +131,19 @@ pub(super) fn try_lease(may_alloc: bool) -> Option<Lease> {
         return Some(Lease { slot, cache });
     }
     None
+}
+
+/// In a forked child, before any other thread exists: every busy slot was leased by a
+/// thread of the parent that does not exist here, so it would stay busy forever. Free them;
+/// their caches may have been mid-update, so they are dropped (leaked) and refilled on next
+/// use rather than trusted.
+pub(super) fn after_fork_child() {
+    for slot in &POOL {
+        if slot.busy.load(Ordering::Relaxed) {
+            slot.cache.store(ptr::null_mut(), Ordering::Relaxed);
+            slot.busy.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// Allocate the cache of every empty slot that is free now, so signal handlers (which cannot
@@ -159,5 +173,43 @@ mod tests {
         assert_eq!(ptrs.len(), leases.len(), "two leases share a cache");
         drop(leases);
         assert!(try_lease(false).is_some(), "slots returned and caches kept");
+    }
+
+    /// A child forked while other threads hold leases can lease every slot (without the
+    /// reset, the held slots would stay busy forever in the child).
+    #[test]
+    fn child_gets_back_slots_leased_by_vanished_threads() {
+        use std::sync::mpsc;
+        let (held_tx, held_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut leases = Vec::new();
+            for _ in 0..3 {
+                leases.extend(try_lease(true));
+            }
+            held_tx.send(leases.len()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        assert!(held_rx.recv().unwrap() > 0);
+        let status =
+            crate::fork::test_support::in_child(std::time::Duration::from_secs(20), || {
+                after_fork_child(); // what the atfork child handler does
+                let mut all = Vec::new();
+                while let Some(l) = try_lease(true) {
+                    all.push(l);
+                }
+                let busy_left = POOL
+                    .iter()
+                    .filter(|s| s.busy.load(Ordering::Relaxed))
+                    .count();
+                if all.len() == POOL_SLOTS && busy_left == POOL_SLOTS {
+                    0
+                } else {
+                    1
+                }
+            });
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(status, Some(0));
     }
 }

@@ -127,6 +127,13 @@ pub fn adopt_thread_stack(lo: usize, hi: usize) -> bool {
     bounds::adopt(lo, hi)
 }
 
+/// In a forked child, before other threads exist: releases what the parent's other threads
+/// held (leased caches, the module-list builder flag). Called by `fork.rs`.
+pub fn after_fork_child() {
+    cache_pool::after_fork_child();
+    modules::after_fork_child();
+}
+
 /// Build the global state (module list from `dl_iterate_phdr`) and fill the cache pool, so
 /// that [`capture_from_ucontext`] can use the DWARF unwinder. Call once before signal-based
 /// profiling starts, not from a handler. Also runs [`thread_init`] for the calling thread.

@@ -186,6 +186,7 @@ pub(super) fn rebuild_if_changed() -> Option<&'static State> {
         }
     };
     if stale {
+        crate::fork::ensure_registered();
         let new = Box::new(build());
         STATE.store(Box::into_raw(new), Ordering::Release);
         PUBLISHED.fetch_add(1, Ordering::Relaxed);
@@ -194,6 +195,12 @@ pub(super) fn rebuild_if_changed() -> Option<&'static State> {
     IN_BUILD.set(false);
     BUILDING.store(false, Ordering::Release);
     current()
+}
+
+/// In a forked child: a build in progress on another thread of the parent never finishes
+/// here; clear its flag so the child can build (the partial build is leaked).
+pub(super) fn after_fork_child() {
+    BUILDING.store(false, Ordering::Release);
 }
 
 /// glibc's (adds, subs) counters: read from the first module, then stop iterating.
