@@ -56,6 +56,14 @@ impl Drop for SymLock {
     }
 }
 
+/// Holds the symbolizer's lock until dropped: for code that calls the `backtrace` crate
+/// directly (its global lock must not be held across a fork; see [`fork_prepare`]). The
+/// crate's own tests take it around `backtrace::trace`.
+#[cfg(test)]
+pub(crate) fn sym_lock() -> impl Drop {
+    SymLock::acquire()
+}
+
 /// `pthread_atfork` prepare: waits for any lookup in progress on another thread to finish
 /// and holds the lock across the fork. Skipped if this thread holds it (a fork from a signal
 /// handler that interrupted a lookup): waiting would never end.
@@ -205,6 +213,7 @@ mod tests {
     #[inline(never)]
     fn capture_here() -> Vec<usize> {
         let mut ips = Vec::new();
+        let _sym = crate::symbolize::sym_lock(); // no fork while backtrace's lock is held
         backtrace::trace(|f| {
             ips.push(f.ip() as usize);
             true

@@ -500,6 +500,7 @@ mod tests {
     #[inline(never)]
     fn builder_test_leaf() -> Vec<usize> {
         let mut v = Vec::new();
+        let _sym = crate::symbolize::sym_lock(); // no fork while backtrace's lock is held
         backtrace::trace(|f| {
             v.push(f.ip() as usize);
             true
