@@ -17,6 +17,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use framehop::{CacheNative, MustNotAllocateDuringUnwind};
 
+use super::suffix::SuffixCache;
+
 /// The framehop cache type we use: never allocates while unwinding.
 pub(super) type Cache = CacheNative<MustNotAllocateDuringUnwind>;
 
@@ -28,23 +30,31 @@ pub(super) type Cache = CacheNative<MustNotAllocateDuringUnwind>;
 /// probability 1 − 1/WAYS, because addresses equal mod 509 differ in `address / 509`.
 pub(super) const WAYS: usize = 4;
 
-/// The caches one lease hands out, picked per frame address.
+/// The caches one lease hands out: rule caches picked per frame address, and the lease's
+/// suffix cache.
 pub(super) struct CacheSet {
     ways: [Cache; WAYS],
+    /// The lease's record of its previous walk (`suffix.rs`); boxed on its own (~20 KB) so
+    /// it is built on the heap, not on the (possibly small) stack of a first capture.
+    pub(super) suffix: Box<SuffixCache>,
 }
 
 impl CacheSet {
-    /// A fresh set (allocates WAYS framehop caches).
+    /// A fresh set (allocates WAYS framehop caches and a suffix cache).
     pub(super) fn new() -> Box<CacheSet> {
         Box::new(CacheSet {
             ways: core::array::from_fn(|_| Cache::new_in()),
+            suffix: SuffixCache::new_boxed(),
         })
     }
 
-    /// The cache for frames at `lookup_address`.
+    /// The rule cache for frames at `lookup_address`, and the suffix cache beside it.
     #[inline]
-    pub(super) fn for_address(&mut self, lookup_address: u64) -> &mut Cache {
-        &mut self.ways[((lookup_address / 509) % WAYS as u64) as usize]
+    pub(super) fn split(&mut self, lookup_address: u64) -> (&mut Cache, &mut SuffixCache) {
+        (
+            &mut self.ways[((lookup_address / 509) % WAYS as u64) as usize],
+            &mut self.suffix,
+        )
     }
 }
 

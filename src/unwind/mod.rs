@@ -50,6 +50,7 @@ mod bounds;
 mod cache_pool;
 mod fp;
 mod modules;
+mod suffix;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,6 +58,7 @@ use framehop::{FrameAddress, UnwindRegsNative, Unwinder as _};
 
 use cache_pool::CacheSet;
 use modules::State;
+use suffix::StepState;
 
 /// Maximum frames captured; deeper stacks are truncated (the outermost frames are dropped,
 /// see the module docs).
@@ -88,11 +90,18 @@ pub struct UnwindStats {
     pub fp_fallbacks: u64,
     /// Captures that returned at most the leaf because the stack bounds were unknown.
     pub no_stack_bounds: u64,
+    /// `capture` walks that reused the previous walk's tail (`suffix.rs`), and the steps
+    /// those walks still unwound before the match.
+    pub suffix_hits: u64,
+    /// Steps unwound by `capture` walks in all (with the above: steps saved by the cache).
+    pub steps: u64,
 }
 
 static POOL_EXHAUSTED: AtomicU64 = AtomicU64::new(0);
 static FP_FALLBACKS: AtomicU64 = AtomicU64::new(0);
 static NO_STACK_BOUNDS: AtomicU64 = AtomicU64::new(0);
+static SUFFIX_HITS: AtomicU64 = AtomicU64::new(0);
+static STEPS: AtomicU64 = AtomicU64::new(0);
 
 /// Snapshot of the unwinder's rare-path counters. Async-signal-safe.
 pub fn stats() -> UnwindStats {
@@ -102,6 +111,8 @@ pub fn stats() -> UnwindStats {
         pool_exhausted: POOL_EXHAUSTED.load(Ordering::Relaxed),
         fp_fallbacks: FP_FALLBACKS.load(Ordering::Relaxed),
         no_stack_bounds: NO_STACK_BOUNDS.load(Ordering::Relaxed),
+        suffix_hits: SUFFIX_HITS.load(Ordering::Relaxed),
+        steps: STEPS.load(Ordering::Relaxed),
     }
 }
 
@@ -329,8 +340,30 @@ impl Walk {
         let mut refreshed = !may_refresh;
         let mut signal_frames = 0;
         let mut n = 0;
+        // The suffix cache serves `capture` (not signal handlers, whose walks may start on
+        // a different stack each time and cross signal frames).
+        let use_suffix = may_refresh;
+        if use_suffix {
+            caches.suffix.begin(state as *const State as usize);
+        }
         loop {
             let addr = address.address() as usize;
+            if use_suffix {
+                let s = StepState {
+                    address: (address.address() << 1) | address.is_return_address() as u64,
+                    ip: regs.ip(),
+                    sp: regs.sp(),
+                    bp: regs.bp(),
+                    records: record_first,
+                };
+                if let Some(tail) = caches.suffix.step(s, n, |a| read_word(a, lo, hi).ok()) {
+                    SUFFIX_HITS.fetch_add(1, Ordering::Relaxed);
+                    let take = tail.len().min(frames.len() - n);
+                    frames[n..n + take].copy_from_slice(&tail[..take]);
+                    n += take;
+                    break;
+                }
+            }
             if address.is_return_address() && state.is_sigreturn_trampoline(addr) {
                 signal_frames += 1;
                 let Some(r) = (signal_frames <= MAX_SIGNAL_FRAMES)
@@ -367,19 +400,31 @@ impl Walk {
                     _ => break,
                 }
             }
-            let mut read = |a: u64| read_word(a, lo, hi);
-            match state.unwinder.unwind_frame(
-                address,
-                &mut regs,
-                caches.for_address(lookup as u64),
-                &mut read,
-            ) {
+            if use_suffix {
+                STEPS.fetch_add(1, Ordering::Relaxed);
+            }
+            let (rules, suffix) = caches.split(lookup as u64);
+            let mut read = |a: u64| {
+                let v = read_word(a, lo, hi);
+                if use_suffix {
+                    suffix.read(a, v.ok());
+                }
+                v
+            };
+            match state
+                .unwinder
+                .unwind_frame(address, &mut regs, rules, &mut read)
+            {
                 Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
                     Some(next) => address = next,
                     None => break,
                 },
                 _ => break,
             }
+        }
+        if use_suffix {
+            // A walk that crossed a signal frame read memory the record does not cover.
+            caches.suffix.finish(&frames[..n], signal_frames == 0);
         }
         n
     }

@@ -17,4 +17,11 @@ fn main() {
         get_rate: Some(heaprof::sample_rate),
         write_profile: Some(write_profile),
     });
+    if std::env::var_os("HEAPROF_BENCH_UNWIND_STATS").is_some() {
+        let s = heaprof::__private::stats();
+        eprintln!(
+            "unwind: suffix hits {} steps {} pool exhausted {}",
+            s.suffix_hits, s.steps, s.pool_exhausted
+        );
+    }
 }
