@@ -274,6 +274,23 @@ pub fn estimate_from_pprof(bytes: &[u8]) -> Result<Estimate, String> {
         p.sample.len(),
         max_depth
     );
+    // An all-zero column is "not recorded" (e.g. mimalloc-pprof's
+    // alloc_space without its accum mode), not an estimate of zero.
+    let col_zero = |i: Option<usize>| {
+        i.is_some_and(|i| {
+            p.sample
+                .iter()
+                .all(|s| s.value.get(i).is_none_or(|&v| v == 0))
+        })
+    };
+    if col_zero(ia) {
+        (e.keep_alloc, e.churn_alloc) = (None, None);
+        e.note.push_str(", alloc_space all zero (not recorded)");
+    }
+    if max_depth == 0 && !p.sample.is_empty() {
+        e.note.push_str(", empty stacks: nothing attributable");
+        (e.keep_inuse, e.churn_inuse, e.keep_alloc, e.churn_alloc) = (None, None, None, None);
+    }
     if unresolved > 0 {
         e.note
             .push_str(&format!(", {unresolved} unattributed address-only stacks"));
@@ -303,7 +320,8 @@ pub fn parse_jemalloc_dump(text: &str) -> Result<(u64, Vec<JeRecord>), String> {
         .parse()
         .map_err(|_| format!("bad period in {head:?}"))?;
     // "t*: 13: 6688 [0: 0]" -> ((13, 6688), (0, 0))
-    let counts = |l: &str| -> Result<((u64, u64), (u64, u64)), String> {
+    type Pair = (u64, u64);
+    let counts = |l: &str| -> Result<(Pair, Pair), String> {
         let bad = || format!("bad counts line {l:?}");
         let rest = l.trim().strip_prefix("t*:").ok_or_else(bad)?;
         let nums: Vec<u64> = rest
@@ -441,6 +459,64 @@ mod tests {
         assert!((x - 524288.0 / (1.0 - (-1.0f64).exp())).abs() < 1e-6);
         // Huge objects are sampled with probability ~1: no scaling.
         assert!((jeprof_unbias(1, 1 << 40, 524288) - (1u64 << 40) as f64).abs() < 1.0);
+    }
+
+    fn profile(alloc_col: [i64; 2]) -> Vec<u8> {
+        let strs = [
+            "",
+            "inuse_space",
+            "bytes",
+            "alloc_space",
+            "a::accuracy::keep_site",
+            "other",
+        ];
+        let f = |id: u64, name: i64| proto::Function {
+            id,
+            name,
+            ..Default::default()
+        };
+        let loc = |id: u64, fid: u64| proto::Location {
+            id,
+            line: vec![proto::Line {
+                function_id: fid,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let vt = |t: i64| proto::ValueType { r#type: t, unit: 2 };
+        let p = proto::Profile {
+            sample_type: vec![vt(1), vt(3)],
+            sample: vec![
+                proto::Sample {
+                    location_id: vec![2, 1],
+                    value: vec![100, alloc_col[0]],
+                    ..Default::default()
+                },
+                proto::Sample {
+                    location_id: vec![2],
+                    value: vec![7, alloc_col[1]],
+                    ..Default::default()
+                },
+            ],
+            location: vec![loc(1, 1), loc(2, 2)],
+            function: vec![f(1, 4), f(2, 5)],
+            string_table: strs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        p.encode_to_vec()
+    }
+
+    #[test]
+    fn pprof_estimate_attributes_by_function_name() {
+        let e = estimate_from_pprof(&profile([300, 9])).unwrap();
+        assert_eq!(e.keep_inuse, Some(100.0));
+        assert_eq!(e.keep_alloc, Some(300.0));
+        assert_eq!(e.churn_alloc, Some(0.0));
+        assert_eq!(e.total_inuse, Some(107.0));
+        // An all-zero alloc_space column means "not recorded".
+        let z = estimate_from_pprof(&profile([0, 0])).unwrap();
+        assert_eq!((z.keep_alloc, z.keep_inuse), (None, Some(100.0)));
+        assert!(estimate_from_pprof(b"garbage").is_err());
     }
 
     #[test]
