@@ -2,20 +2,22 @@
 //!
 //! A worker is invoked as
 //! `w_<config> --workload NAME [--rate BYTES] [--scale F] [--write-profile PATH]`
+//! or `w_<config> --accuracy [--scale F]` (see [`crate::accuracy`])
 //! (`--rate` falls back to the `HEAPROF_RATE` environment variable). It times
 //! only the workload (not process start-up, argument parsing or profile
 //! writing) and prints exactly one line on stdout:
 //!
 //! ```text
-//! alloc-bench-result v1 config=heaprof rate=524288 workload=churn1 scale=1 ops=8000000 elapsed_ns=812345678 cpu_ns=810000000 checksum=123
+//! alloc-bench-result v1 config=heaprof rate=524288 workload=churn1 scale=1 ops=8000000 elapsed_ns=812345678 cpu_ns=810000000 checksum=123 maxrss_kb=10240
 //! ```
 //!
 //! `elapsed_ns` is wall time, `cpu_ns` the process CPU time (user + sys, all
 //! threads, `CLOCK_PROCESS_CPUTIME_ID`; `-` where unavailable) over the same
 //! interval. `rate` is the *effective* rate read back from the allocator, `-`
-//! for configurations without one. Errors go to stderr with a non-zero exit code.
+//! for configurations without one. `maxrss_kb` is the process peak RSS
+//! (`getrusage(RUSAGE_SELF).ru_maxrss`) at the end of the workload. Errors go to stderr with a non-zero exit code.
 
-use crate::workloads;
+use crate::{accuracy, workloads};
 use std::time::Instant;
 
 /// Prefix of the result line.
@@ -31,6 +33,25 @@ pub struct Hooks {
     pub get_rate: Option<fn() -> usize>,
     /// Writes a heap profile to the given file (after timing).
     pub write_profile: Option<fn(&std::path::Path) -> std::io::Result<()>>,
+    /// Runs after argument parsing and before the workload (starts or checks
+    /// the profiler; may abort the worker with a message).
+    pub setup: Option<fn()>,
+    /// Reads the profiler's per-site estimate back (`--accuracy` mode).
+    pub estimate: Option<fn() -> Result<accuracy::Estimate, String>>,
+}
+
+impl Hooks {
+    /// Hooks of a configuration with no rate, profile or estimate.
+    pub const fn plain(config: &'static str) -> Self {
+        Hooks {
+            config,
+            set_rate: None,
+            get_rate: None,
+            write_profile: None,
+            setup: None,
+            estimate: None,
+        }
+    }
 }
 
 /// One parsed result line.
@@ -52,6 +73,8 @@ pub struct ResultLine {
     pub cpu_ns: Option<u64>,
     /// Deterministic checksum of the workload.
     pub checksum: u64,
+    /// Peak RSS of the worker process in KiB, if available.
+    pub maxrss_kb: Option<u64>,
 }
 
 impl ResultLine {
@@ -59,7 +82,7 @@ impl ResultLine {
     pub fn format(&self) -> String {
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |r| r.to_string());
         format!(
-            "{RESULT_TAG} config={} rate={} workload={} scale={} ops={} elapsed_ns={} cpu_ns={} checksum={}",
+            "{RESULT_TAG} config={} rate={} workload={} scale={} ops={} elapsed_ns={} cpu_ns={} checksum={} maxrss_kb={}",
             self.config,
             opt(self.rate.map(|r| r as u64)),
             self.workload,
@@ -67,7 +90,8 @@ impl ResultLine {
             self.ops,
             self.elapsed_ns,
             opt(self.cpu_ns),
-            self.checksum
+            self.checksum,
+            opt(self.maxrss_kb)
         )
     }
 
@@ -86,6 +110,7 @@ impl ResultLine {
             elapsed_ns: 0,
             cpu_ns: None,
             checksum: 0,
+            maxrss_kb: None,
         };
         let bad = |k: &str, v: &str| format!("bad {k}={v:?} in {line:?}");
         for kv in line[RESULT_TAG.len()..].split_whitespace() {
@@ -111,6 +136,13 @@ impl ResultLine {
                     }
                 }
                 "checksum" => r.checksum = v.parse().map_err(|_| bad(k, v))?,
+                "maxrss_kb" => {
+                    r.maxrss_kb = if v == "-" {
+                        None
+                    } else {
+                        Some(v.parse().map_err(|_| bad(k, v))?)
+                    }
+                }
                 _ => {} // forward compatible
             }
         }
@@ -149,7 +181,24 @@ pub fn process_cpu_ns() -> Option<u64> {
     None
 }
 
-fn die(msg: &str) -> ! {
+/// Peak resident set size of this process in KiB (`ru_maxrss`).
+#[cfg(target_os = "linux")]
+pub fn maxrss_kb() -> Option<u64> {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    (rc == 0).then_some(ru.ru_maxrss as u64)
+}
+
+/// Peak RSS: unavailable on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn maxrss_kb() -> Option<u64> {
+    None
+}
+
+/// Prints `msg` and exits the worker with status 2.
+pub fn die(msg: &str) -> ! {
     eprintln!("alloc-bench worker: {msg}");
     std::process::exit(2)
 }
@@ -161,6 +210,7 @@ pub fn worker_main(hooks: Hooks) {
     let mut rate: Option<usize> = None;
     let mut scale = 1.0f64;
     let mut profile = None;
+    let mut acc = false;
     while let Some(a) = args.next() {
         let mut val = || {
             args.next()
@@ -171,6 +221,7 @@ pub fn worker_main(hooks: Hooks) {
             "--rate" => rate = Some(val().parse().unwrap_or_else(|_| die("bad --rate"))),
             "--scale" => scale = val().parse().unwrap_or_else(|_| die("bad --scale")),
             "--write-profile" => profile = Some(std::path::PathBuf::from(val())),
+            "--accuracy" => acc = true,
             _ => die(&format!("unknown argument {a:?}")),
         }
     }
@@ -185,16 +236,27 @@ pub fn worker_main(hooks: Hooks) {
             None => die(&format!("config {} takes no --rate", hooks.config)),
         }
     }
-    let workload = workload.unwrap_or_else(|| die("--workload NAME is required"));
     if !scale.is_finite() || scale <= 0.0 {
         die("--scale must be > 0");
     }
+    if let Some(setup) = hooks.setup {
+        setup();
+    }
+    if acc {
+        let est = hooks
+            .estimate
+            .unwrap_or_else(|| die(&format!("config {} has no accuracy reader", hooks.config)));
+        accuracy::run(hooks.config, scale, est);
+        return;
+    }
+    let workload = workload.unwrap_or_else(|| die("--workload NAME is required"));
 
     let cpu_start = process_cpu_ns();
     let start = Instant::now();
     let outcome = workloads::run(&workload, scale)
         .unwrap_or_else(|| die(&format!("unknown workload {workload:?}")));
     let elapsed = start.elapsed();
+    let rss = maxrss_kb();
     let cpu_ns = match (cpu_start, process_cpu_ns()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a).max(1)),
         _ => None,
@@ -219,6 +281,7 @@ pub fn worker_main(hooks: Hooks) {
         elapsed_ns: (elapsed.as_nanos() as u64).max(1),
         cpu_ns,
         checksum: outcome.checksum,
+        maxrss_kb: rss,
     };
     println!("{}", line.format());
 }
@@ -238,11 +301,13 @@ mod tests {
             elapsed_ns: 123,
             cpu_ns: Some(120),
             checksum: 99,
+            maxrss_kb: Some(5),
         };
         assert_eq!(ResultLine::parse(&r.format()).unwrap(), r);
         let s = ResultLine {
             rate: None,
             cpu_ns: None,
+            maxrss_kb: None,
             ..r
         };
         assert_eq!(

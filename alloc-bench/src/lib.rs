@@ -6,6 +6,9 @@
 //! The driver (`src/main.rs`) runs the workers as subprocesses and aggregates
 //! their result lines (see [`report`]).
 
+pub mod accuracy;
 pub mod harness;
+pub mod peers;
 pub mod report;
+pub mod svg;
 pub mod workloads;

@@ -31,11 +31,13 @@ pub struct Series {
     pub cpu_ns: Vec<f64>,
     /// Logical operations.
     pub ops: Vec<f64>,
+    /// Peak RSS of the worker, KiB (NaN if unavailable).
+    pub maxrss_kb: Vec<f64>,
 }
 
 impl Series {
     /// Per-round ratio of `metric` to the same round of `base`.
-    fn ratios(&self, base: &Series, metric: fn(&Series) -> &Vec<f64>) -> Vec<f64> {
+    pub fn ratios(&self, base: &Series, metric: fn(&Series) -> &Vec<f64>) -> Vec<f64> {
         metric(self)
             .iter()
             .zip(metric(base))
@@ -45,7 +47,7 @@ impl Series {
     }
 
     /// Per-round CPU (or, if unavailable, wall) ns per op.
-    fn ns_per_op(&self) -> Vec<f64> {
+    pub fn ns_per_op(&self) -> Vec<f64> {
         self.cpu_ns
             .iter()
             .zip(&self.wall_ns)
@@ -53,6 +55,34 @@ impl Series {
             .map(|((c, w), n)| if c.is_finite() { c / n } else { w / n })
             .collect()
     }
+
+    /// Per-round wall ns per op.
+    pub fn wall_ns_per_op(&self) -> Vec<f64> {
+        self.wall_ns
+            .iter()
+            .zip(&self.ops)
+            .map(|(w, n)| w / n)
+            .collect()
+    }
+
+    /// Median CPU ratio to `base` (NaN if no round has one).
+    pub fn median_cpu_ratio(&self, base: &Series) -> f64 {
+        let r = self.ratios(base, |s| &s.cpu_ns);
+        if r.is_empty() {
+            f64::NAN
+        } else {
+            median(&r)
+        }
+    }
+}
+
+/// Per-round `a - b` of two equally long series, non-finite dropped.
+pub fn diffs(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x - y)
+        .filter(|d| d.is_finite())
+        .collect()
 }
 
 /// One row of the main table.
@@ -61,13 +91,16 @@ pub struct Row<'a> {
     pub workload: &'a str,
     /// Configuration name.
     pub config: &'a str,
+    /// Name of the configuration it is compared with (its inner allocator).
+    pub base: &'a str,
     /// Its series.
     pub series: &'a Series,
-    /// The System series of the same workload.
+    /// The series of `base` on the same workload.
     pub baseline: &'a Series,
 }
 
-fn stat(xs: &[f64], prec: usize, signed: bool) -> String {
+/// `median [min, max]` of `xs`, `n/a` if empty.
+pub fn stat(xs: &[f64], prec: usize, signed: bool) -> String {
     if xs.is_empty() {
         return format!("{:>7} {:>17}", "n/a", "");
     }
@@ -91,20 +124,31 @@ fn stat(xs: &[f64], prec: usize, signed: bool) -> String {
     }
 }
 
+fn finite_median(xs: &[f64]) -> f64 {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        median(&v)
+    }
+}
+
 /// Renders the ratio table (and the ns-added table for `unsampled_pair`).
 pub fn render(rows: &[Row<'_>], rounds: usize) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "Ratio to the system run of the same round: median [min, max] over {rounds} rounds.\n\
-         cpu = process CPU time (user+sys, all threads), wall = wall time; both cover the\n\
-         workload only. 'system' = median system CPU time (context only). system/again is\n\
-         the same binary as system: its spread is the noise floor of this run.\n\n"
+        "Ratio to the base run (the config's own inner allocator) of the same round:\n\
+         median [min, max] over {rounds} rounds. cpu = process CPU time (user+sys, all\n\
+         threads), wall = wall time; both cover the workload only. 'base s' = median CPU\n\
+         time of the base. RSS = worker peak RSS (ru_maxrss), MiB; dRSS = median per-round\n\
+         difference to the base (the profiler's own memory, plus allocator effects).\n\
+         system/again is the same binary as system: its spread is the noise floor.\n\n"
     ));
     out.push_str(&format!(
-        "{:<15} {:<13} {:>25}   {:>25}   {:>8}\n",
-        "workload", "config", "cpu ratio", "wall ratio", "system"
+        "{:<15} {:<17} {:<14} {:>25}   {:>25}   {:>8} {:>8} {:>8}\n",
+        "workload", "config", "vs", "cpu ratio", "wall ratio", "base s", "RSS", "dRSS"
     ));
-    out.push_str(&format!("{}\n", "-".repeat(96)));
+    out.push_str(&format!("{}\n", "-".repeat(131)));
     let mut last = "";
     for r in rows {
         if r.workload != last && !last.is_empty() {
@@ -113,63 +157,81 @@ pub fn render(rows: &[Row<'_>], rounds: usize) -> String {
         last = r.workload;
         let cpu = r.series.ratios(r.baseline, |s| &s.cpu_ns);
         let wall = r.series.ratios(r.baseline, |s| &s.wall_ns);
-        let base: Vec<f64> = r
-            .baseline
-            .cpu_ns
-            .iter()
-            .copied()
-            .filter(|x| x.is_finite())
-            .collect();
-        let sys = if base.is_empty() {
-            median(&r.baseline.wall_ns)
+        let base = finite_median(&r.baseline.cpu_ns);
+        let base = if base.is_finite() {
+            base
         } else {
-            median(&base)
+            median(&r.baseline.wall_ns)
         };
+        let rss = finite_median(&r.series.maxrss_kb) / 1024.0;
+        let drss = finite_median(&diffs(&r.series.maxrss_kb, &r.baseline.maxrss_kb)) / 1024.0;
         out.push_str(&format!(
-            "{:<15} {:<13} {}   {}   {:>7.3}s\n",
+            "{:<15} {:<17} {:<14} {}   {}   {:>7.3}s {:>8.1} {:>+8.1}\n",
             r.workload,
             r.config,
+            r.base,
             stat(&cpu, 3, false),
             stat(&wall, 3, false),
-            sys / 1e9
+            base / 1e9,
+            rss,
+            drss
         ));
     }
     let micro: Vec<_> = rows
         .iter()
         .filter(|r| r.workload == "unsampled_pair")
         .collect();
-    if let Some(first) = micro.first() {
+    if !micro.is_empty() {
         out.push_str(
             "\nunsampled_pair: 64 B alloc+dealloc pair, CPU ns per pair; \
-             ns added = minus system in the same round\n\n",
+             ns added = minus the base in the same round\n\n",
         );
         out.push_str(&format!(
-            "{:<13} {:>9}   {:>25}\n",
-            "config", "ns/pair", "ns added [min, max]"
+            "{:<17} {:<14} {:>9} {:>9}   {:>25}\n",
+            "config", "vs", "ns/pair", "base", "ns added [min, max]"
         ));
-        out.push_str(&format!("{}\n", "-".repeat(51)));
-        out.push_str(&format!(
-            "{:<13} {:>9.2}   {:>25}\n",
-            "system",
-            median(&first.baseline.ns_per_op()),
-            "-"
-        ));
+        out.push_str(&format!("{}\n", "-".repeat(80)));
         for r in micro {
             let base = r.baseline.ns_per_op();
-            let added: Vec<f64> = r
-                .series
-                .ns_per_op()
-                .iter()
-                .zip(&base)
-                .map(|(x, b)| x - b)
-                .collect();
+            let added = diffs(&r.series.ns_per_op(), &base);
             out.push_str(&format!(
-                "{:<13} {:>9.2}   {}\n",
+                "{:<17} {:<14} {:>9.2} {:>9.2}   {}\n",
                 r.config,
+                r.base,
                 median(&r.series.ns_per_op()),
+                median(&base),
                 stat(&added, 2, true)
             ));
         }
+    }
+    out
+}
+
+/// Renders the sampled-path table: ns added per alloc+dealloc pair when
+/// every allocation is sampled, vs the same allocator unsampled.
+pub fn render_sampled(rows: &[Row<'_>], rounds: usize) -> String {
+    let mut out = format!(
+        "Sampled path: 64 B alloc+dealloc pairs with every allocation sampled (rate 1 /\n\
+         lg_prof_sample:0), called at recursion depth d below the harness frames, on 1 or 2\n\
+         threads. ns added per sampled pair = CPU ns/pair minus the base's in the same round\n\
+         (median [min, max] over {rounds} rounds); wall = the same from wall time.\n\n"
+    );
+    out.push_str(&format!(
+        "{:<16} {:<20} {:<14} {:>27}   {:>27}\n",
+        "workload", "config", "vs", "cpu ns added/pair", "wall ns added/pair"
+    ));
+    out.push_str(&format!("{}\n", "-".repeat(110)));
+    for r in rows {
+        let cpu = diffs(&r.series.ns_per_op(), &r.baseline.ns_per_op());
+        let wall = diffs(&r.series.wall_ns_per_op(), &r.baseline.wall_ns_per_op());
+        out.push_str(&format!(
+            "{:<16} {:<20} {:<14} {}   {}\n",
+            r.workload,
+            r.config,
+            r.base,
+            stat(&cpu, 0, false),
+            stat(&wall, 0, false)
+        ));
     }
     out
 }

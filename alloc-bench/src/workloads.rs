@@ -16,7 +16,19 @@ pub const ALL: &[&str] = &[
     "churn8",
     "hashmap",
     "realloc",
+    "longlived",
     "unsampled_pair",
+];
+
+/// Sampled-path microbenchmarks: `sampled_d<depth>[_t2]` (run by the driver
+/// at rate 1 vs rate 0, not part of [`ALL`]).
+pub const SAMPLED: &[&str] = &[
+    "sampled_d10",
+    "sampled_d30",
+    "sampled_d60",
+    "sampled_d10_t2",
+    "sampled_d30_t2",
+    "sampled_d60_t2",
 ];
 
 /// What a workload reports besides its time.
@@ -28,7 +40,9 @@ pub struct Outcome {
     pub checksum: u64,
 }
 
-/// Runs workload `name`; `None` if the name is unknown.
+/// Runs workload `name` (from [`ALL`] or [`SAMPLED`]); `None` if unknown.
+/// Never inlined: `--callgrind` counts instructions below this symbol.
+#[inline(never)]
 pub fn run(name: &str, scale: f64) -> Option<Outcome> {
     let n = |base: u64| ((base as f64 * scale).round() as u64).max(1);
     Some(match name {
@@ -38,7 +52,8 @@ pub fn run(name: &str, scale: f64) -> Option<Outcome> {
         "hashmap" => hashmap(HASHMAP_REPS, n(HASHMAP_ENTRIES)),
         "realloc" => realloc(n(REALLOC_ITERS)),
         "unsampled_pair" => unsampled_pair(n(PAIR_ITERS)),
-        _ => return None,
+        "longlived" => longlived(n(LONGLIVED_BYTES)),
+        _ => return sampled(name, n(SAMPLED_PAIRS)),
     })
 }
 
@@ -57,6 +72,11 @@ const HASHMAP_REPS: u64 = 2;
 const REALLOC_ITERS: u64 = 350_000;
 /// alloc+dealloc pairs of the microbenchmark.
 const PAIR_ITERS: u64 = 30_000_000;
+/// Live heap of the long-lived workload: 1 GiB at scale 1 (256 MiB under
+/// `--all`, which runs at scale 0.25).
+const LONGLIVED_BYTES: u64 = 1 << 30;
+/// alloc+dealloc pairs of each sampled-path microbenchmark (all threads).
+const SAMPLED_PAIRS: u64 = 200_000;
 
 // ---- tiny deterministic PRNG ---------------------------------------------
 
@@ -229,6 +249,76 @@ fn realloc(iters: u64) -> Outcome {
         ops: iters,
         checksum,
     }
+}
+
+// ---- long-lived heap ----------------------------------------------------------
+
+/// A large long-lived heap with slow turnover: fills `bytes` with blocks of
+/// 512 B – 16 KiB (every byte written, so the RSS is real), then replaces
+/// random blocks until as many bytes as the live set have been turned over
+/// once (i.e. about one replacement per block).
+fn longlived(bytes: u64) -> Outcome {
+    let mut rng = Rng::new(11);
+    let size = |rng: &mut Rng| 512 + rng.below(16 * 1024 - 512 + 1) as usize;
+    let mut live: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0u64;
+    while total < bytes {
+        let sz = size(&mut rng);
+        total += sz as u64;
+        live.push(vec![(sz & 0x7f) as u8 | 1; sz]);
+    }
+    let mut turned = 0u64;
+    let mut steps = 0u64;
+    let mut sum = 0u64;
+    while turned < bytes {
+        let slot = rng.below(live.len() as u64) as usize;
+        let sz = size(&mut rng);
+        turned += sz as u64;
+        steps += 1;
+        let v = vec![(sz & 0x7f) as u8 | 1; sz];
+        sum = sum.wrapping_add(v[sz / 2] as u64 ^ live[slot].len() as u64);
+        live[slot] = v;
+    }
+    black_box(&live);
+    Outcome {
+        ops: live.len() as u64 + steps,
+        checksum: sum.wrapping_add(live.len() as u64),
+    }
+}
+
+// ---- sampled-path microbenchmark ------------------------------------------
+
+/// Recurses `depth` frames (not inlined, not a tail call), then runs the
+/// pairs loop, so every allocation's stack is `depth` frames deeper than the
+/// harness's own.
+#[inline(never)]
+fn at_depth(depth: u32, pairs: u64) -> u64 {
+    if depth == 0 {
+        return unsampled_pair(pairs).ops;
+    }
+    let r = at_depth(black_box(depth - 1), pairs);
+    black_box(r)
+}
+
+/// `sampled_d<depth>[_t2]`: 64 B alloc+dealloc pairs at recursion depth
+/// `depth`, on 1 or 2 threads (pairs split between them).
+fn sampled(name: &str, pairs: u64) -> Option<Outcome> {
+    let rest = name.strip_prefix("sampled_d")?;
+    let (d, threads) = match rest.strip_suffix("_t2") {
+        Some(d) => (d, 2),
+        None => (rest, 1),
+    };
+    let depth: u32 = d.parse().ok().filter(|d| (1..=200).contains(d))?;
+    let per = pairs / threads;
+    let ops = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| s.spawn(move || at_depth(depth, per)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("sampled thread panicked"))
+            .sum::<u64>()
+    });
+    Some(Outcome { ops, checksum: ops })
 }
 
 // ---- microbenchmark ---------------------------------------------------------
