@@ -1,7 +1,8 @@
 //! alloc-bench driver.
 //!
 //! ```text
-//! cargo run -p alloc-bench --release -- --all            # everything, writes RESULTS.md + overhead.svg
+//! cargo run -p alloc-bench --release --features peers -- --all   # everything, writes RESULTS.md + overhead.svg
+//! (without `--features peers`: System and heaprof only; the peers' workers are not built)
 //! cargo run -p alloc-bench --release -- [--quick] [--workload NAME[,NAME..]]
 //!     [--config NAME[,NAME..]] [--runs N] [--scale F] [--write-results [--note TEXT]]
 //!     [--sampled] [--accuracy] [--callgrind] [--no-build] [--list]
@@ -61,6 +62,11 @@ const fn cfg(
 /// of the scale, against a System run at the same reduced scale.
 const DHAT_SCALE: f64 = 0.05;
 const JE_512K: Option<usize> = Some(512 << 10);
+
+/// Whether this build has the worker of `c`: the peers' workers need `--features peers`.
+fn available(c: &Config) -> bool {
+    cfg!(feature = "peers") || matches!(c.bin, "w_system" | "w_heaprof")
+}
 
 /// Overhead configurations. The baseline (`system`) must be first; every
 /// `base` must name a configuration earlier in the table.
@@ -281,7 +287,7 @@ fn parse_args() -> Result<Opts, String> {
     }
     o.configs = CONFIGS
         .iter()
-        .filter(|c| wanted.contains(&c.name))
+        .filter(|c| wanted.contains(&c.name) && available(c))
         .collect();
     Ok(o)
 }
@@ -322,6 +328,7 @@ fn build_workers(dir: &Path) -> Result<(), String> {
             "alloc-bench",
             "--bins",
         ])
+        .args(cfg!(feature = "peers").then_some("--features=peers"))
         .arg("--manifest-path")
         .arg(manifest)
         .arg("--target-dir")
@@ -489,7 +496,7 @@ fn pct(est: Option<f64>, truth: f64) -> String {
 fn accuracy_table(dir: &Path, acc_scale: f64) -> Result<String, String> {
     let mut out = String::new();
     let mut lines = Vec::new();
-    for c in ACCURACY_CONFIGS {
+    for c in ACCURACY_CONFIGS.iter().filter(|c| available(c)) {
         eprintln!("accuracy: {}", c.name);
         let (exe, mut cmd) = worker_cmd(dir, c);
         cmd.args([
@@ -546,6 +553,9 @@ fn callgrind_table(dir: &Path) -> Result<String, String> {
             .iter()
             .find(|c| c.name == *name)
             .ok_or_else(|| format!("callgrind config {name} missing"))?;
+        if !available(c) {
+            continue;
+        }
         eprintln!("callgrind: {name}");
         let outf = tmp.join(format!("alloc-bench-cg-{}.out", std::process::id()));
         let (exe, inner) = worker_cmd(dir, c);

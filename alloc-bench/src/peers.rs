@@ -6,7 +6,10 @@
 //! means something in a binary whose global allocator is jemalloc.
 
 use crate::accuracy::{self, Estimate};
-use crate::harness::{die, Hooks};
+#[cfg(feature = "peers")]
+use crate::harness::die;
+use crate::harness::Hooks;
+#[cfg(feature = "peers")]
 use std::ffi::CString;
 use std::path::Path;
 
@@ -34,6 +37,7 @@ pub fn heaprof_hooks(config: &'static str) -> Hooks {
     }
 }
 
+#[cfg(feature = "peers")]
 fn read_bool(name: &[u8]) -> bool {
     // SAFETY: `name` is a NUL-terminated mallctl name whose value is a bool.
     unsafe { tikv_jemalloc_ctl::raw::read::<bool>(name) }.unwrap_or_else(|e| {
@@ -44,6 +48,7 @@ fn read_bool(name: &[u8]) -> bool {
     })
 }
 
+#[cfg(feature = "peers")]
 /// `setup` of plain jemalloc: dies unless `opt.prof` is false.
 pub fn jemalloc_check_prof_off() {
     if read_bool(b"opt.prof\0") {
@@ -51,12 +56,14 @@ pub fn jemalloc_check_prof_off() {
     }
 }
 
+#[cfg(feature = "peers")]
 fn jemalloc_prof_setup() {
     if !read_bool(b"opt.prof\0") || !read_bool(b"prof.active\0") {
         die("jemalloc profiling is not active (opt.prof / prof.active false)");
     }
 }
 
+#[cfg(feature = "peers")]
 fn jemalloc_rate() -> usize {
     // SAFETY: `opt.lg_prof_sample` is a size_t mallctl.
     let lg = unsafe { tikv_jemalloc_ctl::raw::read::<usize>(b"opt.lg_prof_sample\0") }
@@ -64,6 +71,7 @@ fn jemalloc_rate() -> usize {
     1usize << lg
 }
 
+#[cfg(feature = "peers")]
 /// `prof.dump` to `path`.
 pub fn jemalloc_dump(path: &Path) -> std::io::Result<()> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
@@ -74,6 +82,7 @@ pub fn jemalloc_dump(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "peers")]
 fn jemalloc_estimate() -> Result<Estimate, String> {
     let path = std::env::temp_dir().join(format!("alloc-bench-jeprof-{}.heap", std::process::id()));
     jemalloc_dump(&path).map_err(|e| e.to_string())?;
@@ -82,6 +91,7 @@ fn jemalloc_estimate() -> Result<Estimate, String> {
     accuracy::estimate_from_jemalloc(&text)
 }
 
+#[cfg(feature = "peers")]
 /// Hooks of the jemalloc-profiler worker (rate read back from
 /// `opt.lg_prof_sample`; set through `_RJEM_MALLOC_CONF` only).
 pub fn jemalloc_prof_hooks() -> Hooks {
