@@ -234,6 +234,21 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
         true
     }
 
+    /// `dealloc` of a block that may be sampled (at the tag offset, or over-aligned).
+    ///
+    /// # Safety
+    /// As for `GlobalAlloc::dealloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded under the caller's contract.
+        if Self::needs_lookup(ptr, layout) && unsafe { self.dealloc_sampled(ptr, layout) } {
+            return;
+        }
+        // SAFETY: not a sampled block, so it came from `inner` with this layout.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
     /// Whether `dealloc` must look closer at `ptr`.
     #[inline(always)]
     fn needs_lookup(ptr: *mut u8, layout: Layout) -> bool {
@@ -318,9 +333,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
 
     #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded under the caller's contract.
-        if Self::needs_lookup(ptr, layout) && unsafe { self.dealloc_sampled(ptr, layout) } {
-            return;
+        // The common case in two compares on registers: not at the tag offset, ordinary
+        // alignment, so not a sampled block.
+        if (ptr as usize & (live::TAG_PAGE - 1)) == live::TAG || layout.align() >= live::TAG_PAGE {
+            // SAFETY: forwarded under the caller's contract.
+            return unsafe { self.dealloc_slow(ptr, layout) };
         }
         // SAFETY: not a sampled block, so it came from `inner` with this layout.
         unsafe { self.inner.dealloc(ptr, layout) }

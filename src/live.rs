@@ -4,7 +4,7 @@
 //! The unsampled `dealloc` must not lock, probe a shared table or touch memory the inner
 //! allocator does not touch. So a sampled block is given a property that arithmetic on its
 //! pointer can rule out for almost every other block: its address modulo [`TAG_PAGE`]
-//! (4096) equals `offset(align) = max(64, align)`. The inner block is requested with the
+//! (4096) equals [`TAG`] (2048, a multiple of every alignment below 4096). The inner block is requested with the
 //! caller's own alignment and [`TAG_PAGE`]` + 64` bytes more; the user's pointer is the
 //! first address at least 32 bytes into it with that remainder, and a 32-byte [`Header`]
 //! sits just below it, inside the padding. (Asking the inner allocator for 4096-aligned
@@ -12,7 +12,7 @@
 //! fragments its heap and slows every later `malloc` and `free`: measured at +25% on an
 //! allocation-churn benchmark, against ~+5% for this layout.)
 //!
-//! `dealloc` computes `ptr % 4096 == offset(align)` in registers. For glibc's 16-aligned
+//! `dealloc` computes `ptr % 4096 == 2048` in registers (one compare). For glibc's 16-aligned
 //! small blocks that is true for about 1 in 256 unsampled frees; only then is the header
 //! read (it lies in the same page as `ptr`, so the read cannot fault, and for glibc in the
 //! same cache line as the chunk header glibc's `free` reads anyway). The header holds a
@@ -98,11 +98,15 @@ fn check_word(secret: u64, ptr: usize, bucket: u32, base_offset: u32, w: Weight)
     h
 }
 
-/// Offset of the user pointer inside a sampled block's inner allocation.
+/// The tag: a sampled block's address modulo [`TAG_PAGE`], for every alignment up to
+/// 2048 (it is a multiple of each). One constant, so `dealloc`'s test is a single compare.
+pub const TAG: usize = 2048;
+
+/// The address of a sampled block modulo [`TAG_PAGE`] ([`TAG`] below [`TAG_PAGE`]).
 #[inline(always)]
 pub fn offset(align: usize) -> usize {
-    if align <= 64 {
-        64
+    if align < TAG_PAGE {
+        TAG
     } else {
         align
     }
@@ -112,7 +116,7 @@ pub fn offset(align: usize) -> usize {
 /// below [`TAG_PAGE`]. Registers only.
 #[inline(always)]
 pub fn may_be_tagged(ptr: *mut u8, align: usize) -> bool {
-    align < TAG_PAGE && (ptr as usize & (TAG_PAGE - 1)) == offset(align)
+    (ptr as usize & (TAG_PAGE - 1)) == TAG && align < TAG_PAGE
 }
 
 /// Whether `dealloc` of an over-aligned layout must consult the set (it is not empty).
@@ -225,8 +229,8 @@ pub unsafe fn tag(base: *mut u8, layout: Layout, bucket: u32, w: Weight) -> *mut
         bytes_w: w.bytes,
     };
     // SAFETY: off ≥ HEADER_BYTES, so the header lies in the block's leading padding, which
-    // we own; `ptr` is 64-aligned (its address is 64 or a multiple of `align` ≥ 64 mod
-    // 4096), so `ptr - 32` is aligned for Header.
+    // we own; `ptr` is 2048-aligned at least (its address is 2048, or a multiple of `align`
+    // ≥ 4096, mod 4096), so `ptr - 32` is aligned for Header.
     unsafe { ptr.sub(HEADER_BYTES).cast::<Header>().write(h) };
     if layout.align() >= TAG_PAGE {
         insert_overaligned(ptr as usize);
@@ -252,7 +256,7 @@ pub unsafe fn lookup(ptr: *mut u8, layout: Layout, forget: bool) -> Option<(Head
         None
     };
     let hp = ptr.wrapping_sub(HEADER_BYTES).cast::<Header>();
-    // SAFETY: for align < TAG_PAGE, `ptr % 4096 == offset(align) ≥ 64`, so `hp` lies in the
+    // SAFETY: for align < TAG_PAGE, `ptr % 4096 == TAG (2048) ≥ 32`, so `hp` lies in the
     // same page as `ptr`, which is mapped; it may belong to the inner allocator or another
     // block, hence a volatile read that makes no claim on its contents. For larger
     // alignments the set proved the block is ours and the header is in its padding.

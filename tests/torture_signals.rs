@@ -19,8 +19,7 @@ fn storm_site(i: u64) -> Vec<u8> {
     vec![i as u8; 16 << (i % 12)]
 }
 
-/// The storm itself; profilers to run alongside (a CPU profile, later) are started before
-/// it and stopped after it by the caller.
+/// The storm itself; the caller runs a CPU profile alongside it.
 fn signal_storm(secs: u64) -> (heaprof::DumpHandle, u64) {
     let dir = std::env::temp_dir().join(format!("heaprof-storm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -65,10 +64,24 @@ fn signal_storm(secs: u64) -> (heaprof::DumpHandle, u64) {
 
 fn storm() {
     heaprof::set_sample_rate(64 * 1024);
-    let (h, allocs) = signal_storm(10);
+    // CPU profiling at 250 Hz (SIGPROF on every busy thread) during the whole storm.
+    let cpu = SharedBuf::default();
+    heaprof::set_cpu_profile_rate(250);
+    heaprof::start_cpu_profile(cpu.clone()).unwrap();
+    let (h, allocs) = signal_storm(30);
     while h.stats().signals_pending() > 0 {
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(heaprof::stop_cpu_profile_result()
+        .expect("a CPU profile was running")
+        .is_ok());
+    let cpu_profile = common::decode(&cpu.0.lock().unwrap());
+    let cpu_samples: i64 = cpu_profile.sample.iter().map(|s| s.value[0]).sum();
+    println!("storm: CPU profile with {cpu_samples} samples");
+    assert!(
+        cpu_samples > 100,
+        "the CPU profiler sampled the storm: {cpu_samples}"
+    );
     let s = h.stats();
     println!("storm: {allocs} allocations, {s:?}");
     assert!(s.signals_received >= 20 && s.dumps_finished >= 2, "{s:?}");
@@ -84,9 +97,24 @@ fn storm() {
     std::fs::remove_dir_all(h.dir()).unwrap();
 }
 
+/// A writer the CPU profiler keeps until stop.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// CPU profiling + SIGUSR1 dumps every 50 ms + heavy sampled allocation on 2 threads, 30 s.
 #[test]
-fn sigusr1_dumps_during_heavy_allocation() {
-    let out = run_case_ok("child_entry", "storm", &[], Duration::from_secs(120));
+fn sigusr1_dumps_and_cpu_profiling_during_heavy_allocation() {
+    let out = run_case_ok("child_entry", "storm", &[], Duration::from_secs(240));
     eprintln!(
         "{}",
         out.stdout
