@@ -642,6 +642,9 @@ fn command_line() -> String {
     };
     let args: Vec<String> = std::env::args().skip(1).map(quote).collect();
     let mut s = "cargo run -p alloc-bench --release".to_string();
+    if cfg!(feature = "peers") {
+        s.push_str(" --features peers");
+    }
     if !args.is_empty() {
         s.push_str(" -- ");
         s.push_str(&args.join(" "));
