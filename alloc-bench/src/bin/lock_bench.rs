@@ -1,6 +1,6 @@
 //! ns per uncontended lock/unlock, one thread: `heaprof::sync::Mutex` (block profile rate 0,
 //! the default, and rate 1) vs `std::sync::Mutex`. Run with
-//! `cargo run --release --example lock_bench [iterations]`.
+//! `cargo run -p alloc-bench --release --bin lock_bench [iterations]`.
 
 use std::hint::black_box;
 use std::time::Instant;

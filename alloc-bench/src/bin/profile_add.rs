@@ -2,7 +2,7 @@
 //! on 1 and 2 threads: the price of tracking a connection on a server's hot path.
 //!
 //! ```text
-//! cargo run --release --example profile_add_bench
+//! cargo run -p alloc-bench --release --bin profile_add
 //! ```
 //! Prints ns per pair (wall time / pairs per thread); no assertion (timings are noisy).
 
