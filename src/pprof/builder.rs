@@ -12,7 +12,10 @@
 //! first; `Function{name: demangled, system_name: raw, filename}`. Locations are deduplicated
 //! by address — more precisely by (address, inlined lines trimmed), which differs only when
 //! leading-frame trimming cuts into an inlined PC. Mapping flags are set per flag: a mapping's
-//! `has_functions` iff every location in it has named frames, `has_filenames` iff every frame
+//! `has_functions` iff some location in it has named frames (Go requires all; but with the
+//! flag clear, pprof re-symbolizes the whole mapping from the binary, which for a large debug
+//! build takes minutes in Go 1.19's pprof, and resolves nothing we could not — a location we
+//! left unnamed stays an address either way), `has_filenames` iff every frame
 //! has a file, `has_line_numbers` iff every frame has a line, `has_inline_frames` iff both of
 //! the last two (inlines come from DWARF). A mapping no location uses gets all four (vacuously
 //! true), so pprof never goes looking for its file. Samples keep the caller's order.
@@ -237,7 +240,10 @@ pub(crate) fn split_trim(frames: &[&[SymFrame]], mut n: usize) -> (usize, usize)
 
 #[derive(Clone, Copy)]
 struct Flags {
-    functions: bool,
+    /// No location seen in the mapping yet (then every flag is vacuously true).
+    unused: bool,
+    /// Some location in the mapping has named frames.
+    any_named: bool,
     filenames: bool,
     lines: bool,
 }
@@ -265,7 +271,8 @@ impl<'s> Assembler<'s> {
         }
         let flags = vec![
             Flags {
-                functions: true,
+                unused: true,
+                any_named: false,
                 filenames: true,
                 lines: true
             };
@@ -336,7 +343,8 @@ impl<'s> Assembler<'s> {
         let mi = self.mapping_index(pc);
         if let Some(mi) = mi {
             let f = &mut self.flags[mi];
-            f.functions &= !frames.is_empty() && frames.iter().all(|x| !x.name.is_empty());
+            f.unused = false;
+            f.any_named |= frames.iter().any(|x| !x.name.is_empty());
             f.filenames &= !frames.is_empty() && frames.iter().all(|x| x.file.is_some());
             f.lines &= !frames.is_empty() && frames.iter().all(|x| x.line > 0);
         }
@@ -440,7 +448,7 @@ impl<'s> Assembler<'s> {
             let f = self.flags[0];
             mapping.push(proto::Mapping {
                 id: 1,
-                has_functions: f.functions,
+                has_functions: f.unused || f.any_named,
                 has_filenames: f.filenames,
                 has_line_numbers: f.lines,
                 has_inline_frames: f.filenames && f.lines,
@@ -461,7 +469,7 @@ impl<'s> Assembler<'s> {
                 file_offset: m.offset,
                 filename: self.s(&m.path),
                 build_id: self.s(&build_id),
-                has_functions: f.functions,
+                has_functions: f.unused || f.any_named,
                 has_filenames: f.filenames,
                 has_line_numbers: f.lines,
                 has_inline_frames: f.filenames && f.lines,
