@@ -19,15 +19,34 @@ fn site_deep(depth: usize, size: usize) -> Vec<u8> {
     v
 }
 
+/// The test harness allocates before the test runs, so a sample (which creates the
+/// tables) may already have happened: the body runs in a child process started with
+/// sampling off (`HEAPROF_RATE=0`) and capacities from the environment.
 #[test]
 fn full_tables_overflow_into_a_pseudo_frame() {
-    // Before the first sample: 8 stacks, 16 buckets.
-    heaprof::set_sample_rate(0);
-    heaprof::set_table_capacity(8, 16).unwrap();
+    if std::env::var_os("HEAPROF_OVERFLOW_CHILD").is_none() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "full_tables_overflow_into_a_pseudo_frame",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("HEAPROF_OVERFLOW_CHILD", "1")
+            .env("HEAPROF_RATE", "0")
+            .env("HEAPROF_STACKS", "100")
+            .env("HEAPROF_BUCKETS", "16")
+            .status()
+            .unwrap();
+        assert!(status.success(), "child failed: {status}");
+        return;
+    }
+    // No sample yet: code can still choose the capacity, and wins over the environment.
     assert!(
         heaprof::set_table_capacity(0, 16).is_err(),
         "zero capacity is rejected"
     );
+    heaprof::set_table_capacity(8, 16).unwrap();
     heaprof::set_sample_rate(1);
     black_box(vec![0u8; 32 << 20]); // recheck the rate now
 
