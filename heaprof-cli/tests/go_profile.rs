@@ -172,7 +172,8 @@ fn reads_go_heap_profiles() {
     // caught one of the small slice-header arrays, which its scaling counts as hundreds of
     // objects — so compare with the reference reader on the same file, not with a range.
     assert!(count >= 40, "{line}");
-    let go_objects = go_pprof_top_with(&second, &["-sample_index=inuse_objects"]);
+    let go_objects =
+        go_pprof_top_with(&second, &["-sample_index=inuse_objects", "-nodefraction=0"]);
     let go_line = go_objects
         .lines()
         .find(|l| l.ends_with(" main.allocSomething"))
