@@ -6,7 +6,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::sync::{Arc, Mutex};
 
 #[inline(never)]
 fn spin(units: u64) -> u64 {
@@ -17,24 +16,10 @@ fn spin(units: u64) -> u64 {
     x
 }
 
-/// A writer the test can read back after stop.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Shared {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn cpu_samples_carry_labels() {
     heaprof::set_cpu_profile_rate(250);
-    let out = Shared::default();
+    let out = common::SharedBuf::default();
     heaprof::start_cpu_profile(out.clone()).unwrap();
     // Interleave the two kinds of work so both see the same machine conditions.
     for _ in 0..30 {
@@ -44,7 +29,7 @@ fn cpu_samples_carry_labels() {
         heaprof::with_labels(&[("request", "search")], || black_box(spin(black_box(200))));
     }
     heaprof::stop_cpu_profile();
-    let bytes = out.0.lock().unwrap().clone();
+    let bytes = out.bytes();
     let p = common::decode(&bytes);
     let s = |i: i64| p.string_table[i as usize].as_str();
     let mut by = std::collections::HashMap::<String, i64>::new();

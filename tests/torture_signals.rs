@@ -65,7 +65,7 @@ fn signal_storm(secs: u64) -> (heaprof::DumpHandle, u64) {
 fn storm() {
     heaprof::set_sample_rate(64 * 1024);
     // CPU profiling at 250 Hz (SIGPROF on every busy thread) during the whole storm.
-    let cpu = SharedBuf::default();
+    let cpu = common::SharedBuf::default();
     heaprof::set_cpu_profile_rate(250);
     heaprof::start_cpu_profile(cpu.clone()).unwrap();
     let (h, allocs) = signal_storm(30);
@@ -75,7 +75,7 @@ fn storm() {
     assert!(heaprof::stop_cpu_profile_result()
         .expect("a CPU profile was running")
         .is_ok());
-    let cpu_profile = common::decode(&cpu.0.lock().unwrap());
+    let cpu_profile = common::decode(&cpu.bytes());
     let cpu_samples: i64 = cpu_profile.sample.iter().map(|s| s.value[0]).sum();
     println!("storm: CPU profile with {cpu_samples} samples");
     assert!(
@@ -95,20 +95,6 @@ fn storm() {
         }
     }
     std::fs::remove_dir_all(h.dir()).unwrap();
-}
-
-/// A writer the CPU profiler keeps until stop.
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for SharedBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// CPU profiling + SIGUSR1 dumps every 50 ms + heavy sampled allocation on 2 threads, 30 s.
