@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::SharedBuf;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, Mutex};
@@ -66,24 +68,10 @@ fn calibrate(cpu_ms: i64) -> u64 {
     (cpu_ms * 1_000_000 / per_unit).max(1) as u64
 }
 
-/// A `Write` that hands the bytes back after stop.
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Runs `work` under a CPU profile; returns the decoded profile and the CPU ns used.
 fn profile(work: impl FnOnce()) -> (proto::Profile, i64) {
     heaprof::set_cpu_profile_rate(HZ);
-    let sink = Sink::default();
+    let sink = SharedBuf::default();
     heaprof::start_cpu_profile(sink.clone()).unwrap();
     // Measured inside start/stop: the profile's own setup and its symbolization at stop
     // (slow in debug builds) run while no timer is armed.

@@ -4,23 +4,12 @@
 
 mod common;
 
+use common::SharedBuf;
+
 use std::hint::black_box;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Failing;
 
@@ -68,13 +57,13 @@ fn second_start_fails_with_go_message_and_writes_nothing() {
         "idle stop is a no-op"
     );
     heaprof::stop_cpu_profile();
-    let first = Sink::default();
+    let first = SharedBuf::default();
     heaprof::start_cpu_profile(first.clone()).unwrap();
-    let second = Sink::default();
+    let second = SharedBuf::default();
     let e = heaprof::start_cpu_profile(second.clone()).unwrap_err();
     assert!(matches!(e, heaprof::Error::CpuProfileInUse));
     assert_eq!(e.to_string(), "cpu profiling already in use");
-    assert!(heaprof::CpuProfile::start(Sink::default()).is_err());
+    assert!(heaprof::CpuProfile::start(SharedBuf::default()).is_err());
     // While running, the rate cannot change.
     let before = heaprof::cpu_profile_rate();
     heaprof::set_cpu_profile_rate(before + 1);
@@ -92,7 +81,7 @@ fn rate_is_clamped_and_zero_means_off() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     heaprof::set_cpu_profile_rate(-5);
     assert_eq!(heaprof::cpu_profile_rate(), 0);
-    let e = heaprof::start_cpu_profile(Sink::default()).unwrap_err();
+    let e = heaprof::start_cpu_profile(SharedBuf::default()).unwrap_err();
     assert!(matches!(e, heaprof::Error::InvalidConfig(_)), "{e}");
     heaprof::set_cpu_profile_rate(10_000_000);
     assert_eq!(heaprof::cpu_profile_rate(), 1_000_000);
@@ -103,7 +92,7 @@ fn rate_is_clamped_and_zero_means_off() {
 #[test]
 fn guard_stops_on_drop_and_reports_write_errors() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let sink = Sink::default();
+    let sink = SharedBuf::default();
     {
         let _g = heaprof::CpuProfile::start(sink.clone()).unwrap();
         black_box(hot_loop_alpha(30));
@@ -111,9 +100,9 @@ fn guard_stops_on_drop_and_reports_write_errors() {
     assert!(!sink.0.lock().unwrap().is_empty(), "written at drop");
     assert!(heaprof::stop_cpu_profile_result().is_none());
     // A stale guard does not stop a newer profile.
-    let g = heaprof::CpuProfile::start(Sink::default()).unwrap();
+    let g = heaprof::CpuProfile::start(SharedBuf::default()).unwrap();
     heaprof::stop_cpu_profile();
-    let newer = Sink::default();
+    let newer = SharedBuf::default();
     heaprof::start_cpu_profile(newer.clone()).unwrap();
     g.stop().unwrap();
     assert!(newer.0.lock().unwrap().is_empty(), "still running");
@@ -129,7 +118,7 @@ fn guard_stops_on_drop_and_reports_write_errors() {
 fn go_tool_pprof_names_hot_functions_and_splits_by_thread() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     heaprof::set_cpu_profile_rate(200);
-    let sink = Sink::default();
+    let sink = SharedBuf::default();
     heaprof::start_cpu_profile(sink.clone()).unwrap();
     let t = std::thread::Builder::new()
         .name("beta-worker".into())

@@ -5,26 +5,15 @@
 
 mod common;
 
+use common::SharedBuf;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOC: heaprof::ProfilingAllocator = heaprof::ProfilingAllocator::system();
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Work of one short-lived thread: ~100 ms here in either build (debug is ~10x slower), so
 /// threads both churn and live long enough to be seen by some rescans.
@@ -55,7 +44,7 @@ fn churn_allocations(rounds: usize) -> usize {
 fn profile_while_allocating_and_churning_threads() {
     heaprof::set_sample_rate(4096);
     heaprof::set_cpu_profile_rate(1000);
-    let sink = Sink::default();
+    let sink = SharedBuf::default();
     heaprof::start_cpu_profile(sink.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let spawned = Arc::new(AtomicU64::new(0));
