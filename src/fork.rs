@@ -72,8 +72,9 @@ extern "C" fn at_load() {
 #[link_section = ".init_array"]
 static AT_LOAD: extern "C" fn() = at_load;
 
-#[cfg(test)]
-pub(crate) mod test_support {
+/// Fork-and-wait helpers for the crate's own tests (unit tests here, integration tests through
+/// `__private`): a deadlock in a forked child becomes a test failure, not a hang.
+pub mod test_support {
     use std::time::{Duration, Instant};
 
     /// Forks; the child runs `f` and `_exit`s with its result (101 if it panicked). Returns

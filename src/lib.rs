@@ -140,6 +140,7 @@ pub fn block_profile_rate() -> u64 {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
+    pub use crate::fork::test_support::{in_child, wait_child};
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};

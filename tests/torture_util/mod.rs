@@ -83,45 +83,13 @@ pub fn run_case_ok(
     out
 }
 
-/// Forks; the child runs `f` and `_exit`s with its result (101 on panic). Returns the exit
-/// code, or `None` when the child had not exited after `timeout` (it is then killed).
-pub fn fork_and_wait(timeout: Duration, f: impl FnOnce() -> i32) -> Option<i32> {
-    // SAFETY: fork has no preconditions; the child runs `f` and `_exit`s.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
-        // SAFETY: ends the child at once, without the parent's atexit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    wait_pid(pid, timeout)
-}
-
-/// Waits for child `pid` up to `timeout`; kills it and returns `None` when still running.
-pub fn wait_pid(pid: libc::pid_t, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut status = 0;
-        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            return Some(if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            });
-        }
-        if Instant::now() > deadline {
-            // SAFETY: killing and reaping our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+/// Forks; the child runs `f` and `_exit`s with its result (101 on panic); `None` when the
+/// child had not exited after the timeout (it is then killed). The crate's own helper.
+#[allow(unused_imports)] // not every test binary forks
+pub use heaprof::__private::in_child as fork_and_wait;
+/// Waits for a child up to a timeout; kills it and returns `None` when still running.
+#[allow(unused_imports)]
+pub use heaprof::__private::wait_child as wait_pid;
 
 /// This process's resident set size in KiB (`VmRSS` in /proc/self/status).
 pub fn rss_kib() -> u64 {
