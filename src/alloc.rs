@@ -91,7 +91,8 @@ fn decide(t: &ThreadState, size: usize) -> Decision {
         }
         drawn = rate;
     } else if (size as u64) < countdown {
-        // Only reachable via realloc's or alloc_zeroed's path re-checks; not expired.
+        // Callers come here only once the countdown ran out; should one not, the
+        // allocation must not be sampled (that would bias the estimate), only counted down.
         t.countdown.set(countdown - size as u64);
         return Decision::Skip;
     }

@@ -296,13 +296,12 @@ pub fn write_text<W: Write>(w: W, view: HeapView) -> io::Result<()> {
         })
         .collect();
     let lines = stats.lines();
-    let stat_refs: Vec<(&str, String)> = lines.iter().map(|(k, v)| (*k, v.clone())).collect();
     let mut sym = Symbolizer::new();
     text::write_heap_text(
         w,
         config::sample_rate() as u64,
         &rows,
-        &stat_refs,
+        &lines,
         &mut sym,
         Some(is_allocator_frame),
     )
