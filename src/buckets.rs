@@ -1,8 +1,16 @@
-//! Heap buckets: per (stack, label set, allocation size) counters of sampled allocations
-//! and frees.
+//! Heap buckets: per (stack, label set, size class) counters of sampled allocations and
+//! frees.
 //!
-//! Keyed like Go's memory profile records, so one record holds one object size and the
-//! legacy text format's rescaling (by average size) is exact. Each bucket also accumulates
+//! Go keys its memory profile records by stack and exact size and grows without bound. A
+//! fixed table cannot: one call site allocating many distinct sizes (`Vec::with_capacity(n)`
+//! for varying `n`) would take a bucket per size and fill the table within seconds on a busy
+//! process, after which every sample lands in the overflow bucket. So sizes are grouped into
+//! classes ([`size_class`]): exact up to 32 bytes, then eight classes per power of two, so the
+//! sizes in one bucket differ by less than 12.5% and a call site takes at most a few hundred
+//! buckets however many sizes it asks for (a few dozen in practice). The profile's `bytes`
+//! label is the bucket's average sampled size, which is Go's own formula (`AllocBytes /
+//! AllocObjects`) and exact for a site with one size. Unbiasing does not depend on it: each
+//! sample's weight is fixed when it is taken (see `sampler`). Each bucket also accumulates
 //! the per-sample unbiasing weights (see `sampler`), fixed when the sample was taken, which
 //! the protobuf profile reports. Fixed capacity, lock-free, allocation-free, written by the
 //! allocator's sampled path (allocs) and by `dealloc` of sampled blocks (frees); read by the
@@ -25,7 +33,7 @@ pub struct Bucket {
     key: AtomicU64,
     stack: AtomicU32,
     labels: AtomicU32,
-    size: AtomicU64,
+    class: AtomicU64,
     alloc_count: AtomicU64,
     alloc_bytes: AtomicU64,
     free_count: AtomicU64,
@@ -48,8 +56,8 @@ pub struct BucketSnapshot {
     pub stack: u32,
     /// Label set id (see `labels`; 0 = none).
     pub labels: u32,
-    /// Object size in bytes (0 for the overflow bucket, which mixes sizes).
-    pub size: u64,
+    /// Size class ([`size_class`]; 0 for the overflow bucket, which mixes sizes).
+    pub class: u64,
     /// Sampled allocations (raw count).
     pub alloc_count: u64,
     /// Bytes of sampled allocations (raw).
@@ -78,9 +86,28 @@ pub struct BucketTable {
     overflowed: AtomicU64,
 }
 
-fn hash_key(stack: u32, labels: u32, size: u64) -> u64 {
+/// Sizes up to this many bytes are each a class of their own.
+const EXACT_SIZES: u64 = 32;
+/// Classes per power of two above [`EXACT_SIZES`] (a power of two).
+const CLASSES_PER_OCTAVE: u64 = 8;
+
+/// The size class of an allocation of `size` bytes: `size` itself up to [`EXACT_SIZES`],
+/// above that the class shared by the sizes within the same eighth of their power of two
+/// (e.g. 4097–4608 bytes). Classes are numbered increasingly and never 0 for `size > 0`.
+pub fn size_class(size: u64) -> u64 {
+    if size <= EXACT_SIZES {
+        return size;
+    }
+    let sub_bits = CLASSES_PER_OCTAVE.trailing_zeros();
+    let top = 63 - (size - 1).leading_zeros(); // size - 1 is in [2^top, 2^(top+1))
+    let sub = ((size - 1) >> (top - sub_bits)) & (CLASSES_PER_OCTAVE - 1);
+    let octave = (top - EXACT_SIZES.trailing_zeros()) as u64;
+    EXACT_SIZES + 1 + octave * CLASSES_PER_OCTAVE + sub
+}
+
+fn hash_key(stack: u32, labels: u32, class: u64) -> u64 {
     let mut h =
-        ((stack as u64) << 32 | labels as u64) ^ size.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+        ((stack as u64) << 32 | labels as u64) ^ class.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
     h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h | 2
@@ -104,10 +131,11 @@ impl BucketTable {
         }
     }
 
-    /// Finds or creates the bucket of (`stack`, `labels`, `size`); [`OVERFLOW_BUCKET`] when
-    /// full.
+    /// Finds or creates the bucket of (`stack`, `labels`, `size_class(size)`);
+    /// [`OVERFLOW_BUCKET`] when full.
     pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
-        let key = hash_key(stack, labels, size);
+        let class = size_class(size);
+        let key = hash_key(stack, labels, class);
         let usable = self.buckets.len() - 1;
         let start = (key as usize >> 2) % usable;
         for probe in 0..MAX_PROBES.min(usable) {
@@ -117,7 +145,7 @@ impl BucketTable {
             if k == key
                 && b.stack.load(Ordering::Relaxed) == stack
                 && b.labels.load(Ordering::Relaxed) == labels
-                && b.size.load(Ordering::Relaxed) == size
+                && b.class.load(Ordering::Relaxed) == class
             {
                 return idx as u32;
             }
@@ -128,7 +156,7 @@ impl BucketTable {
             {
                 b.stack.store(stack, Ordering::Relaxed);
                 b.labels.store(labels, Ordering::Relaxed);
-                b.size.store(size, Ordering::Relaxed);
+                b.class.store(class, Ordering::Relaxed);
                 b.key.store(key, Ordering::Release);
                 let n = self.used.fetch_add(1, Ordering::Relaxed) as usize;
                 if let Some(o) = self.order.get(n) {
@@ -169,7 +197,7 @@ impl BucketTable {
         BucketSnapshot {
             stack: b.stack.load(Ordering::Relaxed),
             labels: b.labels.load(Ordering::Relaxed),
-            size: b.size.load(Ordering::Relaxed),
+            class: b.class.load(Ordering::Relaxed),
             alloc_count: b.alloc_count.load(Ordering::Relaxed),
             alloc_bytes: b.alloc_bytes.load(Ordering::Relaxed),
             free_count: b.free_count.load(Ordering::Relaxed),
@@ -234,13 +262,16 @@ mod tests {
     };
 
     #[test]
-    fn keyed_by_stack_labels_and_size() {
+    fn keyed_by_stack_labels_and_size_class() {
         let t = BucketTable::new(leak_slots(16), leak_slots(16));
         let a = t.find(3, 0, 100);
         assert_eq!(t.find(3, 0, 100), a);
-        assert_ne!(t.find(3, 0, 200), a);
+        assert_eq!(t.find(3, 0, 97), a, "97..=104 share a class");
+        assert_ne!(t.find(3, 0, 105), a);
         assert_ne!(t.find(4, 0, 100), a);
         assert_ne!(t.find(3, 1, 100), a);
+        assert_eq!(t.used(), 4);
+        assert_eq!(t.find(3, 0, 104), a); // an existing class: no new bucket
         assert_eq!(t.used(), 4);
         t.record_alloc(a, 100, W);
         t.record_alloc(a, 100, W);
@@ -259,11 +290,43 @@ mod tests {
             s[0].free_bytes,
         );
         assert_eq!(c, (2, 200, 1, 100));
-        assert_eq!((s[0].stack, s[0].labels, s[0].size), (3, 0, 100));
+        assert_eq!((s[0].stack, s[0].labels), (3, 0));
+        assert_eq!(s[0].class, size_class(100));
         assert_eq!(s[0].alloc_objects_w, 2 * OBJECT_WEIGHT_ONE);
         assert_eq!(s[0].free_bytes_w, 100);
         // Buckets that counted nothing are left out of the snapshot.
         assert_eq!(t.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn size_classes_are_exact_then_eight_per_octave() {
+        for s in 0..=32 {
+            assert_eq!(size_class(s), s);
+        }
+        // Monotonic, and the sizes of one class differ by less than 1/8 of the smallest.
+        let mut first_of_class = 1u64;
+        for s in 2..100_000u64 {
+            assert!(size_class(s) >= size_class(s - 1));
+            if size_class(s) != size_class(s - 1) {
+                first_of_class = s;
+            } else {
+                assert!(
+                    (s - first_of_class) * 8 < first_of_class,
+                    "{s} {first_of_class}"
+                );
+            }
+        }
+        assert_eq!(size_class(33), 33);
+        assert_eq!(size_class(36), 33);
+        assert_eq!(size_class(37), 34);
+        assert_eq!(size_class(64), 40);
+        assert_eq!(size_class(65), 41);
+        assert_eq!(size_class(4097), size_class(4608));
+        assert_ne!(size_class(4608), size_class(4609));
+        // Every size class of every possible size is distinct from the overflow's 0.
+        assert!(size_class(u64::MAX) > size_class(u64::MAX / 2));
+        // Churn of all sizes from 1 byte to 1 GiB at one site needs a few hundred buckets.
+        assert!(size_class(1 << 30) < 300);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::sys;
 
 /// Default number of distinct stacks.
 pub const DEFAULT_STACKS: usize = 16 * 1024;
-/// Default number of (stack, size) heap buckets.
+/// Default number of (stack, labels, size class) heap buckets.
 pub const DEFAULT_BUCKETS: usize = 64 * 1024;
 const MAX_CAPACITY: usize = 1 << 26;
 
@@ -41,7 +41,7 @@ fn capacity(chosen: &AtomicUsize, var: &core::ffi::CStr, default: usize) -> usiz
 pub struct Tables {
     /// Distinct stacks of sampled events.
     pub stacks: StackTable,
-    /// Heap counters per (stack, labels, size).
+    /// Heap counters per (stack, labels, size class).
     pub buckets: BucketTable,
     /// Per-bucket in-use counters at the recorded peak (`heap_peak`).
     pub peak: &'static [PeakSlot],

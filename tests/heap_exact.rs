@@ -119,3 +119,75 @@ fn rate_one_is_exact() {
     }
     black_box(boxes);
 }
+
+#[inline(never)]
+#[allow(clippy::vec_box)]
+fn site_one_size(n: usize) -> Vec<Box<[u8; 40]>> {
+    (0..n).map(|_| Box::new([1u8; 40])).collect()
+}
+
+/// Allocates one block of every size from `first` to `last` (kept), all from one call
+/// instruction (a plain loop: an iterator may peel its last element into other code).
+#[inline(never)]
+fn site_many_sizes(first: usize, last: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(last + 1 - first);
+    let mut n = first;
+    while black_box(n) <= last {
+        out.push(Vec::with_capacity(n));
+        n += 1;
+    }
+    out
+}
+
+/// The `bytes` label of every sample whose stack contains `site` (none: 0).
+fn bytes_labels(p: &heaprof::__private::proto::Profile, site: &str) -> Vec<i64> {
+    let key = p.string_table.iter().position(|s| s == "bytes").unwrap() as i64;
+    p.sample
+        .iter()
+        .filter(|s| common::stack_names(p, s).iter().any(|n| n.contains(site)))
+        .map(|s| s.label.iter().find(|l| l.key == key).map_or(0, |l| l.num))
+        .collect()
+}
+
+#[test]
+fn bytes_label_is_the_object_size_and_sizes_share_classes() {
+    heaprof::set_sample_rate(1);
+    black_box(vec![0u8; 1 << 20]);
+    let one = site_one_size(100);
+    // 4097..=4608 is one size class; 4097..=8192 spans eight.
+    let narrow = site_many_sizes(4097, 4608);
+    let wide = site_many_sizes(4097, 8192);
+    let mut out = Vec::new();
+    heaprof::write_heap_profile(&mut out).unwrap();
+    let p = common::decode(&out);
+
+    let mut labels = bytes_labels(&p, "site_one_size");
+    labels.sort();
+    // The boxes, and the collected Vec's spine (100 pointers, allocated once).
+    assert_eq!(labels, vec![40, 800], "site_one_size");
+
+    // One record of 512 sizes: the label is their mean (4097 + 4608) / 2 = 4352.5, rounded.
+    // (The spine of 512 Vecs, 12 KiB, is a record of its own.)
+    let labels = bytes_labels(&p, "site_many_sizes");
+    // The two calls are two stacks; 4097..=8192 takes eight records (one per class, the
+    // first with the same mean), never one per size.
+    let mut in_range: Vec<i64> = labels
+        .iter()
+        .copied()
+        .filter(|b| (4097..=8192).contains(b))
+        .collect();
+    in_range.sort();
+    let eighth = 512;
+    let expected: Vec<i64> = std::iter::once(4353)
+        .chain((0..8).map(|k| 4097 + k * eighth + (eighth - 1) / 2 + 1))
+        .collect();
+    assert_eq!(in_range, expected, "{labels:?}");
+    let t = common::totals_by_site(&p, &["site_many_sizes"]);
+    let spines = 24 * (512 + 4096); // the Vecs holding 512 and 4096 Vec<u8>s
+    let bytes: i64 = (4097..=4608i64).sum::<i64>() + (4097..=8192i64).sum::<i64>() + spines;
+    assert_eq!(
+        t["site_many_sizes"][3], bytes,
+        "inuse_space exact at rate 1"
+    );
+    black_box((one, narrow, wide));
+}
