@@ -43,6 +43,11 @@ impl<T> ForkOnce<T> {
     /// The value, initialising it with `f` if no one has; waits (spinning) while another
     /// thread initialises it. `f` must not call back into this cell.
     pub fn call_once(&self, f: impl FnOnce() -> T) -> &T {
+        // Ready: a plain load. (A compare-exchange that fails is still a locked write-intent
+        // access: on the sampled path of two threads it made this line bounce between cores.)
+        if let Some(v) = self.get() {
+            return v;
+        }
         loop {
             match self
                 .state

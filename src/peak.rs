@@ -14,6 +14,8 @@
 
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
+
 use crate::buckets::BucketTable;
 
 /// A new peak is recorded when in-use exceeds the last one by more than 1/MARGIN of it.
@@ -29,8 +31,11 @@ pub struct PeakSlot {
     bytes: AtomicU64,
 }
 
-/// Estimated in-use bytes of sampled blocks, process-wide.
-static INUSE_BYTES_W: AtomicI64 = AtomicI64::new(0);
+/// Estimated in-use bytes of sampled blocks, process-wide. Written by every sampled
+/// allocation and free on every thread, so it has cache lines of its own: beside the
+/// read-mostly statics (the tables, the header secret) it made every sample of one thread
+/// miss on them in another's.
+static INUSE_BYTES_W: CachePadded<AtomicI64> = CachePadded::new(AtomicI64::new(0));
 /// The recorded peak (estimated bytes) and when it was taken.
 static PEAK_BYTES_W: AtomicU64 = AtomicU64::new(0);
 static PEAK_TIME_NANOS: AtomicI64 = AtomicI64::new(0);

@@ -100,6 +100,9 @@ pub struct UnwindStats {
 static POOL_EXHAUSTED: AtomicU64 = AtomicU64::new(0);
 static FP_FALLBACKS: AtomicU64 = AtomicU64::new(0);
 static NO_STACK_BOUNDS: AtomicU64 = AtomicU64::new(0);
+/// Suffix hits and steps of walks with a temporary cache (the pool was exhausted); pooled
+/// walks count in their pool slot (`cache_pool::counters`), so the common case writes no
+/// shared line.
 static SUFFIX_HITS: AtomicU64 = AtomicU64::new(0);
 static STEPS: AtomicU64 = AtomicU64::new(0);
 
@@ -111,8 +114,8 @@ pub fn stats() -> UnwindStats {
         pool_exhausted: POOL_EXHAUSTED.load(Ordering::Relaxed),
         fp_fallbacks: FP_FALLBACKS.load(Ordering::Relaxed),
         no_stack_bounds: NO_STACK_BOUNDS.load(Ordering::Relaxed),
-        suffix_hits: SUFFIX_HITS.load(Ordering::Relaxed),
-        steps: STEPS.load(Ordering::Relaxed),
+        suffix_hits: SUFFIX_HITS.load(Ordering::Relaxed) + cache_pool::counters().0,
+        steps: STEPS.load(Ordering::Relaxed) + cache_pool::counters().1,
     }
 }
 
@@ -205,11 +208,18 @@ pub fn capture(frames: &mut [usize]) -> usize {
             core::hint::spin_loop();
             cache_pool::try_lease(true)
         }) {
-            Some(mut lease) => walk.run(state, lease.cache(), frames),
+            Some(mut lease) => {
+                let w = walk.run(state, lease.cache(), frames);
+                lease.count(w.suffix_hit as u64, w.steps);
+                w.frames
+            }
             None => {
                 POOL_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
                 let mut tmp = CacheSet::new();
-                walk.run(state, &mut tmp, frames)
+                let w = walk.run(state, &mut tmp, frames);
+                SUFFIX_HITS.fetch_add(w.suffix_hit as u64, Ordering::Relaxed);
+                STEPS.fetch_add(w.steps, Ordering::Relaxed);
+                w.frames
             }
         },
     ))
@@ -253,15 +263,18 @@ pub unsafe fn capture_from_ucontext(ucontext: *const libc::c_void, frames: &mut 
         modules::current(),
         room.then(|| cache_pool::try_lease(false)).flatten(),
     ) {
-        (Some(state), Some(mut lease)) => Walk {
-            first: FrameAddress::from_instruction_pointer(regs.pc as u64),
-            regs,
-            lo,
-            hi,
-            record_first: true,
-            may_refresh: false,
+        (Some(state), Some(mut lease)) => {
+            Walk {
+                first: FrameAddress::from_instruction_pointer(regs.pc as u64),
+                regs,
+                lo,
+                hi,
+                record_first: true,
+                may_refresh: false,
+            }
+            .run(state, lease.cache(), frames)
+            .frames
         }
-        .run(state, lease.cache(), frames),
         _ => {
             FP_FALLBACKS.fetch_add(1, Ordering::Relaxed);
             fp::walk(regs.bp, lo, hi, frames, 1)
@@ -326,7 +339,12 @@ impl Walk {
     /// Unwind into `frames`, return the count. Terminates: every iteration records a frame
     /// (bounded by `frames.len()`), crosses a signal frame (bounded by MAX_SIGNAL_FRAMES), or
     /// stops; the first iteration may record nothing.
-    fn run(self, mut state: &'static State, caches: &mut CacheSet, frames: &mut [usize]) -> usize {
+    fn run(
+        self,
+        mut state: &'static State,
+        caches: &mut CacheSet,
+        frames: &mut [usize],
+    ) -> WalkResult {
         let Walk {
             first,
             regs,
@@ -340,6 +358,7 @@ impl Walk {
         let mut refreshed = !may_refresh;
         let mut signal_frames = 0;
         let mut n = 0;
+        let (mut suffix_hit, mut steps) = (false, 0u64);
         // The suffix cache serves `capture` (not signal handlers, whose walks may start on
         // a different stack each time and cross signal frames).
         let use_suffix = may_refresh;
@@ -357,7 +376,7 @@ impl Walk {
                     records: record_first,
                 };
                 if let Some(tail) = caches.suffix.step(s, n, |a| read_word(a, lo, hi).ok()) {
-                    SUFFIX_HITS.fetch_add(1, Ordering::Relaxed);
+                    suffix_hit = true;
                     let take = tail.len().min(frames.len() - n);
                     frames[n..n + take].copy_from_slice(&tail[..take]);
                     n += take;
@@ -401,7 +420,7 @@ impl Walk {
                 }
             }
             if use_suffix {
-                STEPS.fetch_add(1, Ordering::Relaxed);
+                steps += 1;
             }
             let (rules, suffix) = caches.split(lookup as u64);
             let mut read = |a: u64| {
@@ -426,8 +445,20 @@ impl Walk {
             // A walk that crossed a signal frame read memory the record does not cover.
             caches.suffix.finish(&frames[..n], signal_frames == 0);
         }
-        n
+        WalkResult {
+            frames: n,
+            suffix_hit,
+            steps,
+        }
     }
+}
+
+/// What [`Walk::run`] did: frames written, and for the suffix statistics whether it reused a
+/// cached tail and how many steps it unwound (counted by the caller, not in shared memory).
+struct WalkResult {
+    frames: usize,
+    suffix_hit: bool,
+    steps: u64,
 }
 
 /// Registers saved in a kernel signal frame. At the trampoline, the unwound `sp` points at the
