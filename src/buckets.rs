@@ -27,14 +27,26 @@ pub const OVERFLOW_BUCKET: u32 = 0;
 const WRITING: u64 = 1;
 const MAX_PROBES: usize = 256;
 
-/// The key of one bucket: written once when the bucket is claimed, then only read, so the
-/// heads of all buckets can share cache lines with no cost to anyone.
+/// One slot of the hash index that maps a bucket's key to its id. Ids are handed out
+/// densely in creation order, so a bucket's description, counters and peak snapshot lie
+/// in arrays indexed by id that become resident in proportion to the buckets in use (an
+/// index keyed by hash position instead scattered the first few hundred buckets over a few
+/// hundred pages per array: ~1 ms of page faults at start-up).
+#[repr(C)]
+pub struct IndexSlot {
+    key: AtomicU64,
+    id: AtomicU32,
+}
+
+/// What one bucket counts: written once by its creator, then only read, so descriptions
+/// can share cache lines with no cost to anyone.
 #[repr(C)]
 pub struct Bucket {
-    key: AtomicU64,
+    class: AtomicU64,
     stack: AtomicU32,
     labels: AtomicU32,
-    class: AtomicU64,
+    /// Non-zero once the fields above are written (Release/Acquire).
+    ready: AtomicU32,
 }
 
 /// Counter shards per bucket. A sampled allocation or free adds to the shard of the CPU it
@@ -58,9 +70,9 @@ pub struct Counters {
     free_bytes_w: AtomicU64,
 }
 
-/// Bytes of one bucket's key (for the documented memory cost).
+/// Bytes of one bucket's index slot and description (for the documented memory cost).
 #[allow(dead_code)] // quoted in the docs; checked by a test
-pub const BUCKET_BYTES: usize = core::mem::size_of::<Bucket>();
+pub const BUCKET_BYTES: usize = core::mem::size_of::<IndexSlot>() + core::mem::size_of::<Bucket>();
 /// Bytes of one bucket's counters, all shards (for the documented memory cost).
 #[allow(dead_code)] // quoted in the docs; checked by a test
 pub const COUNTER_BYTES: usize = SHARDS * core::mem::size_of::<Counters>();
@@ -104,13 +116,13 @@ pub struct BucketSnapshot {
 
 /// The fixed bucket table.
 pub struct BucketTable {
+    /// Hash index: key → id (slot 0 unused).
+    index: &'static [IndexSlot],
+    /// Bucket descriptions by id (id 0 is the overflow bucket).
     buckets: &'static [Bucket],
-    /// `SHARDS` runs of `buckets.len()` counters: shard `s` of bucket `i` is at
-    /// `s * buckets.len() + i`.
-    counters: &'static [Counters],
-    /// Ids of the buckets in use, in creation order (`used` of them are valid), so that
-    /// the peak snapshot walks only those.
-    order: &'static [AtomicU32],
+    /// Each bucket's `SHARDS` counters, by id.
+    counters: &'static [[Counters; SHARDS]],
+    /// Ids handed out: buckets 1..=used exist (or are being written).
     used: AtomicU32,
     overflowed: AtomicU64,
 }
@@ -143,24 +155,25 @@ fn hash_key(stack: u32, labels: u32, class: u64) -> u64 {
 }
 
 impl BucketTable {
-    /// Builds a table over zeroed buckets (`buckets[0]` is the overflow bucket), zeroed
-    /// counters (`SHARDS` per bucket) and a zeroed `order` array as long as `buckets`.
+    /// Builds a table over zeroed memory: an index, descriptions and counters of the same
+    /// length (capacity + 1; id 0 is the overflow bucket).
     pub fn new(
+        index: &'static [IndexSlot],
         buckets: &'static [Bucket],
-        counters: &'static [Counters],
-        order: &'static [AtomicU32],
+        counters: &'static [[Counters; SHARDS]],
     ) -> Self {
         assert!(
             buckets.len() >= 2,
             "a bucket table needs the overflow bucket and one more"
         );
-        buckets[0].stack.store(OVERFLOW_STACK, Ordering::Relaxed);
-        assert_eq!(order.len(), buckets.len());
-        assert_eq!(counters.len(), SHARDS * buckets.len());
+        assert!(index.len() == buckets.len() && counters.len() == buckets.len());
+        let o = &buckets[OVERFLOW_BUCKET as usize];
+        o.stack.store(OVERFLOW_STACK, Ordering::Relaxed);
+        o.ready.store(1, Ordering::Release);
         BucketTable {
+            index,
             buckets,
             counters,
-            order,
             used: AtomicU32::new(0),
             overflowed: AtomicU64::new(0),
         }
@@ -171,33 +184,37 @@ impl BucketTable {
     pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
         let class = size_class(size);
         let key = hash_key(stack, labels, class);
-        let usable = self.buckets.len() - 1;
+        let usable = self.index.len() - 1;
         let start = (key as usize >> 2) % usable;
         for probe in 0..MAX_PROBES.min(usable) {
-            let idx = 1 + (start + probe) % usable;
-            let b = &self.buckets[idx];
-            let k = b.key.load(Ordering::Acquire);
-            if k == key
-                && b.stack.load(Ordering::Relaxed) == stack
-                && b.labels.load(Ordering::Relaxed) == labels
-                && b.class.load(Ordering::Relaxed) == class
-            {
-                return idx as u32;
+            let slot = &self.index[1 + (start + probe) % usable];
+            let k = slot.key.load(Ordering::Acquire);
+            if k == key {
+                let id = slot.id.load(Ordering::Relaxed);
+                let b = &self.buckets[id as usize];
+                if b.stack.load(Ordering::Relaxed) == stack
+                    && b.labels.load(Ordering::Relaxed) == labels
+                    && b.class.load(Ordering::Relaxed) == class
+                {
+                    return id;
+                }
             }
             if k == 0
-                && b.key
+                && slot
+                    .key
                     .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
+                // Each claimed slot takes one id, and there are as many ids as slots.
+                let id = self.used.fetch_add(1, Ordering::Relaxed) + 1;
+                let b = &self.buckets[id as usize];
                 b.stack.store(stack, Ordering::Relaxed);
                 b.labels.store(labels, Ordering::Relaxed);
                 b.class.store(class, Ordering::Relaxed);
-                b.key.store(key, Ordering::Release);
-                let n = self.used.fetch_add(1, Ordering::Relaxed) as usize;
-                if let Some(o) = self.order.get(n) {
-                    o.store(idx as u32, Ordering::Release);
-                }
-                return idx as u32;
+                b.ready.store(1, Ordering::Release);
+                slot.id.store(id, Ordering::Relaxed);
+                slot.key.store(key, Ordering::Release);
+                return id;
             }
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
@@ -206,7 +223,7 @@ impl BucketTable {
 
     /// Counts one sampled allocation of `size` bytes with weight `w` in bucket `id`.
     pub fn record_alloc(&self, id: u32, size: u64, w: Weight) {
-        let b = &self.counters[shard() * self.buckets.len() + id as usize];
+        let b = &self.counters[id as usize][shard()];
         b.alloc_count.fetch_add(1, Ordering::Relaxed);
         b.alloc_bytes.fetch_add(size, Ordering::Relaxed);
         b.alloc_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
@@ -217,10 +234,10 @@ impl BucketTable {
     /// same `id`, `size` and `w`. Ids come from block headers; an out-of-range id (a header
     /// that cannot be ours) is ignored.
     pub fn record_free(&self, id: u32, size: u64, w: Weight) {
-        if id as usize >= self.buckets.len() {
+        let Some(shards) = self.counters.get(id as usize) else {
             return;
-        }
-        let b = &self.counters[shard() * self.buckets.len() + id as usize];
+        };
+        let b = &shards[shard()];
         b.free_count.fetch_add(1, Ordering::Relaxed);
         b.free_bytes.fetch_add(size, Ordering::Relaxed);
         b.free_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
@@ -236,8 +253,7 @@ impl BucketTable {
             class: b.class.load(Ordering::Relaxed),
             ..BucketSnapshot::default()
         };
-        for shard in 0..SHARDS {
-            let c = &self.counters[shard * self.buckets.len() + idx];
+        for c in &self.counters[idx] {
             s.alloc_count += c.alloc_count.load(Ordering::Relaxed);
             s.alloc_bytes += c.alloc_bytes.load(Ordering::Relaxed);
             s.free_count += c.free_count.load(Ordering::Relaxed);
@@ -253,13 +269,11 @@ impl BucketTable {
     /// Calls `f(id, counters)` for the overflow bucket and every bucket in use, without
     /// allocating (the peak snapshot runs inside the allocator).
     pub fn for_each_used(&self, mut f: impl FnMut(u32, &BucketSnapshot)) {
-        f(OVERFLOW_BUCKET, &self.read(OVERFLOW_BUCKET as usize));
-        let used = (self.used.load(Ordering::Relaxed) as usize).min(self.order.len());
-        for o in &self.order[..used] {
-            let idx = o.load(Ordering::Acquire) as usize;
-            // 0 = its creator has not stored it yet; the next snapshot will see it.
-            if idx != 0 && self.buckets[idx].key.load(Ordering::Acquire) > WRITING {
-                f(idx as u32, &self.read(idx));
+        let used = (self.used.load(Ordering::Relaxed) as usize).min(self.buckets.len() - 1);
+        for id in 0..=used {
+            // Not ready = its creator is still writing it; the next snapshot will see it.
+            if self.buckets[id].ready.load(Ordering::Acquire) != 0 {
+                f(id as u32, &self.read(id));
             }
         }
     }
@@ -304,7 +318,7 @@ mod tests {
 
     #[test]
     fn keyed_by_stack_labels_and_size_class() {
-        let t = BucketTable::new(leak_slots(16), leak_slots(16 * SHARDS), leak_slots(16));
+        let t = BucketTable::new(leak_slots(16), leak_slots(16), leak_slots(16));
         let a = t.find(3, 0, 100);
         assert_eq!(t.find(3, 0, 100), a);
         assert_eq!(t.find(3, 0, 97), a, "97..=104 share a class");
@@ -372,7 +386,7 @@ mod tests {
 
     #[test]
     fn full_table_uses_overflow_bucket() {
-        let t = BucketTable::new(leak_slots(3), leak_slots(3 * SHARDS), leak_slots(3));
+        let t = BucketTable::new(leak_slots(3), leak_slots(3), leak_slots(3));
         let ids: Vec<u32> = (0..5).map(|i| t.find(1, 0, i)).collect();
         assert_eq!(ids.iter().filter(|&&i| i == OVERFLOW_BUCKET).count(), 3);
         assert_eq!(t.overflowed(), 3);

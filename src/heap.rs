@@ -224,8 +224,9 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
             b.set_time_nanos(peak_time);
             b.add_comment(&format!(
                 "heaprof.heap_peak: {peak_bytes} bytes estimated in use at the peak (now {now_bytes}); \
-                 {snapshots} peak snapshots, each taken when in-use grew by more than 1/{} over the last",
-                peak::MARGIN
+                 {snapshots} peak snapshots, each taken when in-use grew by more than 1/{} and {} sample intervals over the last",
+                peak::MARGIN,
+                peak::MIN_STEP_SAMPLES
             ));
         }
     }

@@ -4,14 +4,16 @@
 //! Capacities are fixed at creation: [`set_table_capacity`](crate::set_table_capacity)
 //! before the first sample chooses them, else `HEAPROF_STACKS` and `HEAPROF_BUCKETS`.
 //! Costs (virtual; pages become resident as slots are first used): a stack slot is
-//! [`stacktab::SLOT_BYTES`] (528 B), a bucket [`buckets::BUCKET_BYTES`] (24 B) for its key,
-//! [`buckets::COUNTER_BYTES`] (256 B) for its counters (one 64-byte line per shard), and 36 B
-//! beside them (its place in the creation-order list and its counters at the recorded peak,
-//! for `heap_peak`). Defaults: 16 384 stacks (8.3 MiB) and 65 536 buckets (20.3 MiB).
+//! [`stacktab::SLOT_BYTES`] (528 B), a bucket [`buckets::BUCKET_BYTES`] (40 B) for its index
+//! slot and description, [`buckets::COUNTER_BYTES`] (256 B) for its counters (one 64-byte
+//! line per shard), and 32 B for its counters at the recorded peak (`heap_peak`). Bucket
+//! ids are dense, so only the index is touched at random; the rest becomes resident in
+//! proportion to the buckets in use. Defaults: 16 384 stacks (8.3 MiB) and 65 536 buckets
+//! (20.5 MiB).
 
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::buckets::{Bucket, BucketTable, Counters, SHARDS};
+use crate::buckets::{Bucket, BucketTable, Counters, IndexSlot, SHARDS};
 use crate::error::Error;
 use crate::once::ForkOnce;
 use crate::peak::PeakSlot;
@@ -70,14 +72,14 @@ pub fn get() -> Option<&'static Tables> {
             let stacks = capacity(&STACKS, c"HEAPROF_STACKS", DEFAULT_STACKS);
             let buckets = capacity(&BUCKETS, c"HEAPROF_BUCKETS", DEFAULT_BUCKETS);
             let stacks = map_slice::<StackSlot>(stacks + 1)?;
-            let order = map_slice::<AtomicU32>(buckets + 1)?;
+            let index = map_slice::<IndexSlot>(buckets + 1)?;
             let peak = map_slice::<PeakSlot>(buckets + 1)?;
-            let counters = map_slice::<Counters>(SHARDS * (buckets + 1))?;
+            let counters = map_slice::<[Counters; SHARDS]>(buckets + 1)?;
             let buckets = map_slice::<Bucket>(buckets + 1)?;
             crate::live::init_secret();
             Some(Tables {
                 stacks: StackTable::new(stacks),
-                buckets: BucketTable::new(buckets, counters, order),
+                buckets: BucketTable::new(index, buckets, counters),
                 peak,
             })
         })
@@ -120,7 +122,7 @@ mod tests {
     fn documented_slot_sizes_hold() {
         // The README and the module doc quote these figures.
         assert_eq!(crate::stacktab::SLOT_BYTES, 528);
-        assert_eq!(crate::buckets::BUCKET_BYTES, 24);
+        assert_eq!(crate::buckets::BUCKET_BYTES, 40);
         assert_eq!(crate::buckets::COUNTER_BYTES, 256);
     }
 }
