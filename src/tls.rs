@@ -23,6 +23,8 @@ pub struct ThreadState {
     /// The label set in force on this thread (`labels`; 0 = none). Read by the sampled
     /// path and by signal handlers; written only by the thread itself.
     pub labels: Cell<u32>,
+    /// The bucket counter shard this thread adds to, plus one (0 = not chosen yet).
+    pub shard: Cell<u8>,
     /// The thread's generator; `None` until first use.
     rng: UnsafeCell<Option<SmallRng>>,
 }
@@ -34,6 +36,7 @@ thread_local! {
             drawn_rate: Cell::new(0),
             in_profiler: Cell::new(false),
             labels: Cell::new(0),
+            shard: Cell::new(0),
             rng: UnsafeCell::new(None),
         }
     };
