@@ -14,7 +14,10 @@
 //! the per-sample unbiasing weights (see `sampler`), fixed when the sample was taken, which
 //! the protobuf profile reports. Fixed capacity, lock-free, allocation-free, written by the
 //! allocator's sampled path (allocs) and by `dealloc` of sampled blocks (frees); read by the
-//! heap profile writer. Same claim/publish protocol as `stacktab`. When no bucket can be
+//! heap profile writer. The claim/publish protocol is `stacktab`'s, on the index slot's `id`
+//! (0 → [`WRITING`] by CAS, then the key fields, then the id with Release; a prober that
+//! meets a slot being written moves on, which can at worst give one key two buckets, and
+//! the writer merges records by stack). When no bucket can be
 //! had, counts go to [`OVERFLOW_BUCKET`], whose stack is the overflow pseudo-stack.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -24,7 +27,8 @@ use crate::stacktab::OVERFLOW_STACK;
 
 /// Bucket that absorbs samples no bucket could be found for.
 pub const OVERFLOW_BUCKET: u32 = 0;
-const WRITING: u64 = 1;
+/// `IndexSlot::id` of a slot claimed by a writer that has not published it yet.
+const WRITING: u32 = u32::MAX;
 const MAX_PROBES: usize = 256;
 
 /// One slot of the hash index that maps a bucket's key to its id. Ids are handed out
@@ -32,10 +36,15 @@ const MAX_PROBES: usize = 256;
 /// in arrays indexed by id that become resident in proportion to the buckets in use (an
 /// index keyed by hash position instead scattered the first few hundred buckets over a few
 /// hundred pages per array: ~1 ms of page faults at start-up).
+///
+/// The slot holds the bucket's whole key, so a lookup reads one cache line of the index and
+/// nothing else (`id`: 0 empty, [`WRITING`] claimed, else the published id).
 #[repr(C)]
 pub struct IndexSlot {
-    key: AtomicU64,
     id: AtomicU32,
+    stack: AtomicU32,
+    labels: AtomicU32,
+    class: AtomicU32,
 }
 
 /// What one bucket counts: written once by its creator, then only read, so descriptions
@@ -155,12 +164,12 @@ pub fn size_class(size: u64) -> u64 {
     EXACT_SIZES + 1 + octave * CLASSES_PER_OCTAVE + sub
 }
 
-fn hash_key(stack: u32, labels: u32, class: u64) -> u64 {
-    let mut h =
-        ((stack as u64) << 32 | labels as u64) ^ class.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+fn hash_key(stack: u32, labels: u32, class: u32) -> u64 {
+    let mut h = ((stack as u64) << 32 | labels as u64)
+        ^ (class as u64).rotate_left(17)
+        ^ 0x9e37_79b9_7f4a_7c15;
     h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h | 2
+    h ^ (h >> 33)
 }
 
 impl BucketTable {
@@ -191,26 +200,25 @@ impl BucketTable {
     /// Finds or creates the bucket of (`stack`, `labels`, `size_class(size)`);
     /// [`OVERFLOW_BUCKET`] when full.
     pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
-        let class = size_class(size);
+        // Classes are below 600 for any u64 size (see `size_class`).
+        let class = size_class(size) as u32;
         let key = hash_key(stack, labels, class);
         let usable = self.index.len() - 1;
-        let start = (key as usize >> 2) % usable;
+        let start = (key as usize) % usable;
         for probe in 0..MAX_PROBES.min(usable) {
             let slot = &self.index[1 + (start + probe) % usable];
-            let k = slot.key.load(Ordering::Acquire);
-            if k == key {
-                let id = slot.id.load(Ordering::Relaxed);
-                let b = &self.buckets[id as usize];
-                if b.stack.load(Ordering::Relaxed) == stack
-                    && b.labels.load(Ordering::Relaxed) == labels
-                    && b.class.load(Ordering::Relaxed) == class
-                {
-                    return id;
-                }
+            let id = slot.id.load(Ordering::Acquire);
+            if id != 0
+                && id != WRITING
+                && slot.stack.load(Ordering::Relaxed) == stack
+                && slot.labels.load(Ordering::Relaxed) == labels
+                && slot.class.load(Ordering::Relaxed) == class
+            {
+                return id;
             }
-            if k == 0
+            if id == 0
                 && slot
-                    .key
+                    .id
                     .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
@@ -219,10 +227,12 @@ impl BucketTable {
                 let b = &self.buckets[id as usize];
                 b.stack.store(stack, Ordering::Relaxed);
                 b.labels.store(labels, Ordering::Relaxed);
-                b.class.store(class, Ordering::Relaxed);
+                b.class.store(class as u64, Ordering::Relaxed);
                 b.ready.store(1, Ordering::Release);
-                slot.id.store(id, Ordering::Relaxed);
-                slot.key.store(key, Ordering::Release);
+                slot.stack.store(stack, Ordering::Relaxed);
+                slot.labels.store(labels, Ordering::Relaxed);
+                slot.class.store(class, Ordering::Relaxed);
+                slot.id.store(id, Ordering::Release);
                 return id;
             }
         }
