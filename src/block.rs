@@ -2,7 +2,7 @@
 //! variables ([`crate::sync`]), and for how long, sampled like Go's `SetBlockProfileRate`.
 //!
 //! Called by the `heaprof::sync` wrappers after a wait ([`record`]) and by the profile writer
-//! ([`write`], [`count`]). Never called from the allocator or a signal handler: recording
+//! ([`write()`], [`count()`]). Never called from the allocator or a signal handler: recording
 //! captures a stack, interns it and updates a `std::sync::Mutex<HashMap>` (allocations go to
 //! the inner allocator under the profiler guard).
 //!

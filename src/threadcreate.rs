@@ -251,7 +251,7 @@ mod interpose {
         Some(unsafe { core::mem::transmute::<usize, RealCreate>(p) })
     }
 
-    /// The creating code's stack, interned; frames[0] (this function) and frames[1] (the
+    /// The creating code's stack, interned; `frames[0]` (this function) and `frames[1]` (the
     /// interposer) are dropped, so the stack starts in the function that called
     /// `pthread_create`.
     #[inline(never)]

@@ -197,7 +197,7 @@ fn hashmap(reps: u64, entries: u64) -> Outcome {
 
 // ---- realloc ----------------------------------------------------------------
 
-/// Realloc-heavy: Vec<u64> push growth, String push_str growth, and
+/// Realloc-heavy: `Vec<u64>` push growth, `String` push_str growth, and
 /// `reserve_exact` step growth + `shrink_to_fit`; results are kept in rings
 /// of 1024 so the heap is not trivially empty.
 fn realloc(iters: u64) -> Outcome {

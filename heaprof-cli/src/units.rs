@@ -27,7 +27,7 @@ pub fn format(v: i64, unit: &str) -> String {
     format!("{}{n}{name}", if v < 0 { "-" } else { "" })
 }
 
-/// Like [`format`] with a `+` on positive values: for growth.
+/// Like [`format()`] with a `+` on positive values: for growth.
 pub fn signed(v: i64, unit: &str) -> String {
     if v > 0 {
         format!("+{}", format(v, unit))

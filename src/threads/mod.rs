@@ -2,13 +2,13 @@
 //! process at the moment it is written — Go's goroutine profile for OS threads, an in-process
 //! `pstack`.
 //!
-//! Called by the profile registry's writer ([`write`], [`count`]); never by the allocator or
+//! Called by the profile registry's writer ([`write()`], [`count()`]); never by the allocator or
 //! a signal handler (it reads `/proc`, symbolizes and allocates). The signal machinery that
 //! reaches the other threads is in [`capture`]; the writing thread captures itself with
 //! [`crate::unwind::capture`].
 //!
 //! Output (`debug`):
-//! - `0`: gzip pprof, `sample_type` = [`threads`/`count`], `period_type` the same, period
+//! - `0`: gzip pprof, `sample_type` = `[threads/count]`, `period_type` the same, period
 //!   one. One sample per (stack, thread name), value = threads with both, string label
 //!   `thread` = the name (`/proc/self/task/TID/comm`). Grouping by stack alone (as Go does)
 //!   would lose the names; one sample per thread would lose the grouping: (stack, name) keeps
