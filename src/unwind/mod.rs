@@ -108,14 +108,15 @@ static STEPS: AtomicU64 = AtomicU64::new(0);
 
 /// Snapshot of the unwinder's rare-path counters. Async-signal-safe.
 pub fn stats() -> UnwindStats {
+    let (pooled_hits, pooled_steps) = cache_pool::counters();
     UnwindStats {
         states_published: modules::published(),
         modules: modules::current().map_or(0, |s| s.module_count()),
         pool_exhausted: POOL_EXHAUSTED.load(Ordering::Relaxed),
         fp_fallbacks: FP_FALLBACKS.load(Ordering::Relaxed),
         no_stack_bounds: NO_STACK_BOUNDS.load(Ordering::Relaxed),
-        suffix_hits: SUFFIX_HITS.load(Ordering::Relaxed) + cache_pool::counters().0,
-        steps: STEPS.load(Ordering::Relaxed) + cache_pool::counters().1,
+        suffix_hits: SUFFIX_HITS.load(Ordering::Relaxed) + pooled_hits,
+        steps: STEPS.load(Ordering::Relaxed) + pooled_steps,
     }
 }
 
