@@ -51,7 +51,7 @@ pub struct IndexSlot {
 /// can share cache lines with no cost to anyone.
 #[repr(C)]
 pub struct Bucket {
-    class: AtomicU64,
+    class: AtomicU32,
     stack: AtomicU32,
     labels: AtomicU32,
     /// Non-zero once the fields above are written (Release/Acquire).
@@ -113,7 +113,7 @@ pub struct BucketSnapshot {
     /// Label set id (see `labels`; 0 = none).
     pub labels: u32,
     /// Size class ([`size_class`]; 0 for the overflow bucket, which mixes sizes).
-    pub class: u64,
+    pub class: u32,
     /// Sampled allocations (raw count).
     pub alloc_count: u64,
     /// Bytes of sampled allocations (raw).
@@ -152,16 +152,17 @@ const CLASSES_PER_OCTAVE: u64 = 8;
 
 /// The size class of an allocation of `size` bytes: `size` itself up to [`EXACT_SIZES`],
 /// above that the class shared by the sizes within the same eighth of their power of two
-/// (e.g. 4097–4608 bytes). Classes are numbered increasingly and never 0 for `size > 0`.
-pub fn size_class(size: u64) -> u64 {
+/// (e.g. 4097–4608 bytes). Classes are numbered increasingly, never 0 for `size > 0`, and
+/// below 600 for any `u64` size.
+pub fn size_class(size: u64) -> u32 {
     if size <= EXACT_SIZES {
-        return size;
+        return size as u32;
     }
     let sub_bits = CLASSES_PER_OCTAVE.trailing_zeros();
     let top = 63 - (size - 1).leading_zeros(); // size - 1 is in [2^top, 2^(top+1))
     let sub = ((size - 1) >> (top - sub_bits)) & (CLASSES_PER_OCTAVE - 1);
     let octave = (top - EXACT_SIZES.trailing_zeros()) as u64;
-    EXACT_SIZES + 1 + octave * CLASSES_PER_OCTAVE + sub
+    (EXACT_SIZES + 1 + octave * CLASSES_PER_OCTAVE + sub) as u32
 }
 
 fn hash_key(stack: u32, labels: u32, class: u32) -> u64 {
@@ -200,8 +201,7 @@ impl BucketTable {
     /// Finds or creates the bucket of (`stack`, `labels`, `size_class(size)`);
     /// [`OVERFLOW_BUCKET`] when full.
     pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
-        // Classes are below 600 for any u64 size (see `size_class`).
-        let class = size_class(size) as u32;
+        let class = size_class(size);
         let key = hash_key(stack, labels, class);
         let usable = self.index.len() - 1;
         let start = (key as usize) % usable;
@@ -227,7 +227,7 @@ impl BucketTable {
                 let b = &self.buckets[id as usize];
                 b.stack.store(stack, Ordering::Relaxed);
                 b.labels.store(labels, Ordering::Relaxed);
-                b.class.store(class as u64, Ordering::Relaxed);
+                b.class.store(class, Ordering::Relaxed);
                 b.ready.store(1, Ordering::Release);
                 slot.stack.store(stack, Ordering::Relaxed);
                 slot.labels.store(labels, Ordering::Relaxed);
@@ -409,7 +409,7 @@ mod tests {
     #[test]
     fn size_classes_are_exact_then_eight_per_octave() {
         for s in 0..=32 {
-            assert_eq!(size_class(s), s);
+            assert_eq!(size_class(s), s as u32);
         }
         // Monotonic, and the sizes of one class differ by less than 1/8 of the smallest.
         let mut first_of_class = 1u64;

@@ -108,7 +108,7 @@ fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
     stats.buckets_overflowed = t.buckets.overflowed();
 
     // Merge buckets whose stacks are identical (a race can give one stack two ids).
-    let mut merged: HashMap<(Vec<usize>, bool, u64, u32), BucketSnapshot> = HashMap::new();
+    let mut merged: HashMap<(Vec<usize>, bool, u32, u32), BucketSnapshot> = HashMap::new();
     let mut frames = Vec::new();
     for (id, mut b) in t.buckets.snapshot() {
         if view == HeapView::Peak {

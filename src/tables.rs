@@ -4,12 +4,12 @@
 //! Capacities are fixed at creation: [`set_table_capacity`](crate::set_table_capacity)
 //! before the first sample chooses them, else `HEAPROF_STACKS` and `HEAPROF_BUCKETS`.
 //! Costs (virtual; pages become resident as slots are first used): a stack slot is
-//! [`stacktab::SLOT_BYTES`](crate::stacktab::SLOT_BYTES) (528 B), a bucket [`buckets::BUCKET_BYTES`](crate::buckets::BUCKET_BYTES) (40 B) for its index
+//! [`stacktab::SLOT_BYTES`](crate::stacktab::SLOT_BYTES) (528 B), a bucket [`buckets::BUCKET_BYTES`](crate::buckets::BUCKET_BYTES) (32 B) for its index
 //! slot and description, [`buckets::COUNTER_BYTES`](crate::buckets::COUNTER_BYTES) (256 B) for its counters (one 64-byte
 //! line per shard), and 32 B for its counters at the recorded peak (`heap_peak`). Bucket
 //! ids are dense, so only the index is touched at random; the rest becomes resident in
 //! proportion to the buckets in use. Defaults: 16 384 stacks (8.3 MiB) and 65 536 buckets
-//! (20.5 MiB).
+//! (20.0 MiB).
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -122,7 +122,7 @@ mod tests {
     fn documented_slot_sizes_hold() {
         // The README and the module doc quote these figures.
         assert_eq!(crate::stacktab::SLOT_BYTES, 528);
-        assert_eq!(crate::buckets::BUCKET_BYTES, 40);
+        assert_eq!(crate::buckets::BUCKET_BYTES, 32);
         assert_eq!(crate::buckets::COUNTER_BYTES, 256);
     }
 }
