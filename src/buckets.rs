@@ -10,9 +10,8 @@
 //! buckets however many sizes it asks for (a few dozen in practice). The profile's `bytes`
 //! label is the bucket's average sampled size, which is Go's own formula (`AllocBytes /
 //! AllocObjects`) and exact for a site with one size. Unbiasing does not depend on it: each
-//! sample's weight is fixed when it is taken (see `sampler`). Each bucket also accumulates
-//! the per-sample unbiasing weights (see `sampler`), fixed when the sample was taken, which
-//! the protobuf profile reports. Fixed capacity, lock-free, allocation-free, written by the
+//! bucket also accumulates the per-sample weights (see `sampler`), fixed when each sample
+//! was taken, which the protobuf profile reports. Fixed capacity, lock-free, allocation-free, written by the
 //! allocator's sampled path (allocs) and by `dealloc` of sampled blocks (frees); read by the
 //! heap profile writer. The claim/publish protocol is `stacktab`'s, on the index slot's `id`
 //! (0 → [`WRITING`] by CAS, then the key fields, then the id with Release; a prober that

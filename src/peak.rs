@@ -5,8 +5,8 @@
 //! estimated in-use bytes (`+w` on a sampled allocation, `−w` on its free). When a sampled
 //! allocation lifts the total above the last recorded peak by more than 1/[`MARGIN`]
 //! (1/64 ≈ 1.6%) and by more than [`MIN_STEP_SAMPLES`] sample intervals (4 × the rate:
-//! a smaller rise is within the sampling error of the estimate), that thread copies every bucket's in-use counters into a preallocated
-//! array beside the bucket table — no allocation, no lock (a thread that finds another
+//! a smaller rise is within the sampling error of the estimate), that thread copies every
+//! bucket's in-use counters into a preallocated array beside the bucket table — no allocation, no lock (a thread that finds another
 //! snapshot in progress skips; the next crossing records). Cost in accuracy: the recorded
 //! peak can trail the true sampled peak by up to 1/64 of it or 4 × the rate, whichever is
 //! more, on top of the sampling error;
