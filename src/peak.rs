@@ -6,10 +6,10 @@
 //! allocation lifts the total above the last recorded peak by more than 1/[`MARGIN`]
 //! (1/64 ≈ 1.6%) and by more than [`MIN_STEP_SAMPLES`] sample intervals (4 × the rate:
 //! a smaller rise is within the sampling error of the estimate), that thread copies every
-//! bucket's in-use counters into a preallocated array beside the bucket table — no allocation, no lock (a thread that finds another
-//! snapshot in progress skips; the next crossing records). Cost in accuracy: the recorded
-//! peak can trail the true sampled peak by up to 1/64 of it or 4 × the rate, whichever is
-//! more, on top of the sampling error;
+//! bucket's in-use counters into a preallocated array beside the bucket table — no
+//! allocation, no lock (a thread that finds another snapshot in progress skips; the next
+//! crossing records). Cost in accuracy: the recorded peak can trail the true sampled peak
+//! by up to 1/64 of it or 4 × the rate, whichever is more, on top of the sampling error;
 //! a snapshot taken while other threads allocate is not atomic across buckets. Cost in time:
 //! one pass over the buckets in use per 1.6% of growth of the peak, i.e. about 64·ln(peak /
 //! (256 × rate)) passes over a process's life, plus one per 4 × rate of growth below that.
