@@ -11,13 +11,15 @@
 //! label is the bucket's average sampled size, which is Go's own formula (`AllocBytes /
 //! AllocObjects`) and exact for a site with one size. Unbiasing does not depend on it: each
 //! bucket also accumulates the per-sample weights (see `sampler`), fixed when each sample
-//! was taken, which the protobuf profile reports. Fixed capacity, lock-free, allocation-free, written by the
-//! allocator's sampled path (allocs) and by `dealloc` of sampled blocks (frees); read by the
-//! heap profile writer. The claim/publish protocol is `stacktab`'s, on the index slot's `id`
-//! (0 → [`WRITING`] by CAS, then the key fields, then the id with Release; a prober that
-//! meets a slot being written moves on, which can at worst give one key two buckets, and
-//! the writer merges records by stack). When no bucket can be
-//! had, counts go to [`OVERFLOW_BUCKET`], whose stack is the overflow pseudo-stack.
+//! was taken, which the protobuf profile reports.
+//!
+//! Fixed capacity, lock-free, allocation-free, written by the allocator's sampled path
+//! (allocs) and by `dealloc` of sampled blocks (frees); read by the heap profile writer. The
+//! claim/publish protocol is `stacktab`'s, on the index slot's `id` (0 → [`WRITING`] by CAS,
+//! then the key fields, then the id with Release; a prober that meets a slot being written
+//! moves on, which can at worst give one key two buckets, and the writer merges records by
+//! stack). When no bucket can be had, counts go to [`OVERFLOW_BUCKET`], whose stack is the
+//! overflow pseudo-stack.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
