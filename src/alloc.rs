@@ -186,12 +186,17 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
     unsafe fn alloc_sampled(&self, layout: Layout, zeroed: bool, w: Weight) -> *mut u8 {
         let _guard = tls::ProfilerGuard::enter();
         let mut frames = [0usize; unwind::MAX_DEPTH];
-        // Captured first: no shared state is touched yet, so nothing can deadlock here.
-        let depth = unwind::capture(&mut frames);
+        // Captured first: no shared state is touched yet, so nothing can deadlock here (the
+        // stack table is lock-free; a repeated stack is not even looked up).
+        let (_, stack) = unwind::capture_interned(&mut frames, &mut |f| {
+            tables::get().map(|t| t.stacks.intern(f))
+        });
         let (Some(t), Some(inner_layout)) = (tables::get(), live::inner_layout(layout)) else {
             // SAFETY: forwarded with the caller's valid layout.
             return unsafe { self.inner_alloc(layout, zeroed) };
         };
+        // No id only if the walk itself failed (a caught panic): an empty stack, as before.
+        let stack = stack.unwrap_or_else(|| t.stacks.intern(&[]));
         let over = layout.align() >= live::TAG_PAGE;
         if over && !live::reserve_overaligned() {
             // SAFETY: as above.
@@ -205,7 +210,6 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
             }
             return base; // out of memory: record nothing
         }
-        let stack = t.stacks.intern(&frames[..depth]);
         let labels = tls::with(|s| s.labels.get());
         let bucket = t.buckets.find(stack, labels, layout.size() as u64);
         t.buckets.record_alloc(bucket, layout.size() as u64, w);

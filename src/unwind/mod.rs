@@ -179,20 +179,46 @@ pub fn global_init() {
 /// ```
 #[inline(never)]
 pub fn capture(frames: &mut [usize]) -> usize {
-    let start = current_regs();
+    capture_from(current_regs(), frames, None).0
+}
+
+/// [`capture`], then `intern(frames)`: the id the process's stack table gives the frames
+/// (`None` if it has none). The id is kept with the walk in the unwinder's suffix cache, so
+/// a capture that repeats the previous walk on its cache from the first step returns the
+/// id kept for it without calling `intern` (stack-table ids never change). For the
+/// allocator's sampled path, which interns every stack it captures into the one shared
+/// table; `intern` runs while the cache is leased and must not capture.
+#[inline(never)]
+pub fn capture_interned(frames: &mut [usize], intern: Intern<'_>) -> (usize, Option<u32>) {
+    capture_from(current_regs(), frames, Some(intern))
+}
+
+/// What [`capture_interned`] calls with the frames: the stack table's id for them.
+pub type Intern<'a> = &'a mut dyn FnMut(&[usize]) -> Option<u32>;
+
+/// The body of [`capture`] and [`capture_interned`], from their own registers `start`.
+#[inline(always)]
+fn capture_from(
+    start: Regs,
+    frames: &mut [usize],
+    mut intern: Option<Intern<'_>>,
+) -> (usize, Option<u32>) {
+    let wants_id = intern.is_some();
+    let mut interned = |frames: &[usize]| intern.as_mut().and_then(|f| f(frames));
     if frames.is_empty() {
-        return 0;
+        return (0, interned(&[]));
     }
     bounds::thread_init();
     let Some((lo, hi)) = bounds::readable_from(start.sp) else {
         NO_STACK_BOUNDS.fetch_add(1, Ordering::Relaxed);
-        return 0;
+        return (0, interned(&[]));
     };
     let state = match modules::get_or_build(true) {
         Some(s) if bounds::headroom(start.sp).unwrap_or(0) >= DWARF_STACK_NEEDED => s,
         _ => {
             FP_FALLBACKS.fetch_add(1, Ordering::Relaxed);
-            return fp::walk(start.bp, lo, hi, frames, 0);
+            let n = fp::walk(start.bp, lo, hi, frames, 0);
+            return (n, interned(&frames[..n]));
         }
     };
     let walk = Walk {
@@ -212,7 +238,18 @@ pub fn capture(frames: &mut [usize]) -> usize {
             Some(mut lease) => {
                 let w = walk.run(state, lease.cache(), frames);
                 lease.count(w.suffix_hit as u64, w.steps);
-                w.frames
+                let n = w.frames;
+                let id = match lease.cache().suffix.memo() {
+                    _ if !wants_id => None,
+                    Some(&mut kept) if kept != 0 => Some(kept),
+                    Some(keep) => {
+                        let id = interned(&frames[..n]);
+                        *keep = id.unwrap_or(0);
+                        id
+                    }
+                    None => interned(&frames[..n]),
+                };
+                (n, id)
             }
             None => {
                 POOL_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
@@ -220,11 +257,11 @@ pub fn capture(frames: &mut [usize]) -> usize {
                 let w = walk.run(state, &mut tmp, frames);
                 SUFFIX_HITS.fetch_add(w.suffix_hit as u64, Ordering::Relaxed);
                 STEPS.fetch_add(w.steps, Ordering::Relaxed);
-                w.frames
+                (w.frames, interned(&frames[..w.frames]))
             }
         },
     ))
-    .unwrap_or(0)
+    .unwrap_or((0, None))
 }
 
 /// Async-signal-safe capture from a signal handler's `ucontext_t`.
@@ -544,6 +581,47 @@ mod tests {
         // ours[1]: closure, ours[2]: chain(0) calling leaf, ours[3]: a recursive call site.
         let chain_ra = ours[3];
         assert!(ours.iter().filter(|&&a| a == chain_ra).count() >= depth);
+    }
+
+    /// Captures with `capture_interned` from one call site; the fake table numbers stacks
+    /// by first sight and counts its lookups.
+    #[inline(never)]
+    fn interned_here(table: &mut Vec<Vec<usize>>, lookups: &mut usize) -> (Vec<usize>, u32) {
+        let mut frames = [0usize; MAX_DEPTH];
+        let (n, id) = capture_interned(&mut frames, &mut |f| {
+            *lookups += 1;
+            let i = table.iter().position(|s| s == f).unwrap_or_else(|| {
+                table.push(f.to_vec());
+                table.len() - 1
+            });
+            Some(i as u32 + 1)
+        });
+        (frames[..n].to_vec(), id.unwrap())
+    }
+
+    #[test]
+    fn a_repeated_stack_keeps_its_id_without_a_lookup() {
+        // A thread of its own, so no other capture uses its pool slot in between.
+        std::thread::spawn(|| {
+            let (mut table, mut lookups) = (Vec::new(), 0);
+            let mut runs = Vec::new();
+            for depth in [3, 3, 3, 5, 5, 3] {
+                chain(depth, &mut || runs.push(interned_here(&mut table, &mut lookups)));
+            }
+            for (frames, id) in &runs {
+                assert_eq!(&table[*id as usize - 1], frames, "every id names its own frames");
+            }
+            let ids: Vec<u32> = runs.iter().map(|r| r.1).collect();
+            assert_eq!((ids[0], ids[1], ids[2]), (ids[0], ids[0], ids[0]));
+            assert_eq!(ids[3], ids[4]);
+            assert_ne!(ids[0], ids[3]);
+            assert_eq!(ids[5], ids[0]);
+            // Looked up: the first of each run of equal stacks (3, 5, 3 again); the repeats
+            // came from the suffix cache's memo.
+            assert_eq!(lookups, 3, "{ids:?}");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub(super) struct Record {
     /// The module list the walk used (its address), or 0 for none.
     modules: usize,
     overflow: bool,
+    /// What the caller's stack table made of `frames` (see [`SuffixCache::memo`]); 0 = not
+    /// known.
+    memo: u32,
 }
 
 impl Record {
@@ -79,6 +82,7 @@ impl Record {
             nreads: 0,
             modules: 0,
             overflow: false,
+            memo: 0,
         }
     }
 }
@@ -93,6 +97,9 @@ pub(super) struct SuffixCache {
     /// The walk matched the previous one at its first step: the previous record stands
     /// for this walk too, unchanged.
     same_as_prev: bool,
+    /// The last walk was stored (or repeated the stored one): `records[prev]` holds its
+    /// frames.
+    last_stored: bool,
     /// Hits and misses, for tests and tuning.
     pub hits: u64,
     pub misses: u64,
@@ -106,6 +113,7 @@ impl SuffixCache {
             prev: 0,
             cursor: 0,
             same_as_prev: false,
+            last_stored: false,
             hits: 0,
             misses: 0,
         }
@@ -124,6 +132,7 @@ impl SuffixCache {
             core::ptr::addr_of_mut!((*p).prev).write(0);
             core::ptr::addr_of_mut!((*p).cursor).write(0);
             core::ptr::addr_of_mut!((*p).same_as_prev).write(false);
+            core::ptr::addr_of_mut!((*p).last_stored).write(false);
             core::ptr::addr_of_mut!((*p).hits).write(0);
             core::ptr::addr_of_mut!((*p).misses).write(0);
             b.assume_init()
@@ -138,8 +147,10 @@ impl SuffixCache {
         next.nreads = 0;
         next.modules = modules;
         next.overflow = false;
+        next.memo = 0;
         self.cursor = 0;
         self.same_as_prev = false;
+        self.last_stored = false;
         if self.records[self.prev].modules != modules {
             self.records[self.prev].steps = 0; // another module list: nothing reusable
         }
@@ -214,6 +225,7 @@ impl SuffixCache {
     /// false (it crossed a signal frame) or it overflowed.
     pub(super) fn finish(&mut self, frames: &[usize], usable: bool) {
         if self.same_as_prev {
+            self.last_stored = true;
             return;
         }
         let next = &mut self.records[1 - self.prev];
@@ -224,6 +236,17 @@ impl SuffixCache {
         next.frames[..frames.len()].copy_from_slice(frames);
         next.nframes = frames.len();
         self.prev = 1 - self.prev;
+        self.last_stored = true;
+    }
+
+    /// A word the caller keeps with the frames of the walk that just finished: what its
+    /// stack table interned them as. `Some(0)` = not known yet (set it), `None` = the walk was
+    /// not stored, so there is nowhere to keep it. A walk that repeats the stored one from
+    /// its first step gets the same word back, so its frames need not be interned again.
+    /// Stack-table ids never change (entries are never removed), so the word stays right
+    /// for as long as the record holds these frames; a new record starts at 0.
+    pub(super) fn memo(&mut self) -> Option<&mut u32> {
+        self.last_stored.then(|| &mut self.records[self.prev].memo)
     }
 }
 
@@ -287,5 +310,42 @@ mod tests {
         c.begin(2);
         assert!(c.step(st(20, 2), 0, read).is_none());
         assert_eq!((c.hits, c.misses), (3, 1));
+    }
+
+    #[test]
+    fn memo_follows_the_record_of_the_frames() {
+        let read = |_: u64| Some(0u64);
+        let mut c = Box::new(SuffixCache::new());
+        // A stored walk: its memo starts unknown and keeps what the caller sets.
+        c.begin(1);
+        assert!(c.step(st(10, 1), 0, read).is_none());
+        c.finish(&[1], true);
+        assert_eq!(c.memo().map(|m| *m), Some(0));
+        *c.memo().unwrap() = 42;
+        // The same walk again (matched at its first step): the memo comes back.
+        c.begin(1);
+        assert!(c.step(st(10, 1), 0, read).is_some());
+        c.finish(&[1], true);
+        assert_eq!(c.memo().map(|m| *m), Some(42));
+        // A different walk is a new record: unknown again.
+        c.begin(1);
+        assert!(c.step(st(10, 7), 0, read).is_none());
+        c.finish(&[7], true);
+        assert_eq!(c.memo().map(|m| *m), Some(0));
+        *c.memo().unwrap() = 43;
+        // A walk that is not stored has no memo, and leaves the stored one alone.
+        c.begin(1);
+        assert!(c.step(st(10, 8), 0, read).is_none());
+        c.finish(&[8], false);
+        assert!(c.memo().is_none());
+        c.begin(1);
+        assert!(c.step(st(10, 7), 0, read).is_some());
+        c.finish(&[7], true);
+        assert_eq!(c.memo().map(|m| *m), Some(43));
+        // Another module list: nothing reused, nothing remembered.
+        c.begin(2);
+        assert!(c.step(st(10, 7), 0, read).is_none());
+        c.finish(&[7], true);
+        assert_eq!(c.memo().map(|m| *m), Some(0));
     }
 }
