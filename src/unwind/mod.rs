@@ -606,10 +606,16 @@ mod tests {
             let (mut table, mut lookups) = (Vec::new(), 0);
             let mut runs = Vec::new();
             for depth in [3, 3, 3, 5, 5, 3] {
-                chain(depth, &mut || runs.push(interned_here(&mut table, &mut lookups)));
+                chain(depth, &mut || {
+                    runs.push(interned_here(&mut table, &mut lookups))
+                });
             }
             for (frames, id) in &runs {
-                assert_eq!(&table[*id as usize - 1], frames, "every id names its own frames");
+                assert_eq!(
+                    &table[*id as usize - 1],
+                    frames,
+                    "every id names its own frames"
+                );
             }
             let ids: Vec<u32> = runs.iter().map(|r| r.1).collect();
             assert_eq!((ids[0], ids[1], ids[2]), (ids[0], ids[0], ids[0]));
