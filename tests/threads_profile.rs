@@ -6,7 +6,7 @@
 mod common;
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,8 +39,11 @@ impl Drop for Parked {
     }
 }
 
+/// Parking functions count themselves in `inside` on entry: from then on they are on their
+/// thread's stack, which is what the tests look for.
 #[inline(never)]
-fn park_in_condvar(cv: &(Mutex<bool>, Condvar)) {
+fn park_in_condvar(cv: &(Mutex<bool>, Condvar), inside: &AtomicUsize) {
+    inside.fetch_add(1, Ordering::SeqCst);
     let mut g = cv.0.lock().unwrap();
     while !*g {
         g = cv.1.wait(g).unwrap();
@@ -49,7 +52,8 @@ fn park_in_condvar(cv: &(Mutex<bool>, Condvar)) {
 }
 
 #[inline(never)]
-fn park_in_sleep(stop: &AtomicBool) {
+fn park_in_sleep(stop: &AtomicBool, inside: &AtomicUsize) {
+    inside.fetch_add(1, Ordering::SeqCst);
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -57,7 +61,8 @@ fn park_in_sleep(stop: &AtomicBool) {
 }
 
 #[inline(never)]
-fn spin_busy(stop: &AtomicBool) -> u64 {
+fn spin_busy(stop: &AtomicBool, inside: &AtomicUsize) -> u64 {
+    inside.fetch_add(1, Ordering::SeqCst);
     let mut x = 1u64;
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..1000 {
@@ -89,7 +94,7 @@ fn park_with_signals_blocked(stop: &AtomicBool, unmask: &AtomicBool, masked: mps
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &all, std::ptr::null_mut());
     }
-    park_in_sleep(stop);
+    park_in_sleep(stop, &AtomicUsize::new(0));
 }
 
 fn spawn(
@@ -115,21 +120,31 @@ fn park_three(tag: &str) -> Parked {
     let cv = Arc::new((Mutex::new(false), Condvar::new()));
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
-    let c = cv.clone();
+    let inside = Arc::new(AtomicUsize::new(0));
+    let (c, i) = (cv.clone(), inside.clone());
     handles.push(spawn(&format!("{tag}-cv"), &tx, move || {
-        park_in_condvar(&c)
+        park_in_condvar(&c, &i)
     }));
-    let s = stop.clone();
+    let (s, i) = (stop.clone(), inside.clone());
     handles.push(spawn(&format!("{tag}-sleep"), &tx, move || {
-        park_in_sleep(&s)
+        park_in_sleep(&s, &i)
     }));
-    let s = stop.clone();
+    let (s, i) = (stop.clone(), inside.clone());
     handles.push(spawn(&format!("{tag}-busy"), &tx, move || {
-        black_box(spin_busy(&s));
+        black_box(spin_busy(&s, &i));
     }));
     let tids = (0..3).map(|_| rx.recv().unwrap()).collect();
-    // Let each reach its parking function.
-    std::thread::sleep(Duration::from_millis(50));
+    // Wait until each is in its parking function (a fixed sleep was too short on a loaded
+    // machine), then a little longer so the condvar and sleep threads are blocked.
+    let t0 = std::time::Instant::now();
+    while inside.load(Ordering::SeqCst) < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "threads never parked"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(20));
     Parked {
         stop,
         cv,
