@@ -36,6 +36,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// The two tests take turns: a handler that runs while the other test captures may borrow
+/// that thread's warm unwinder cache (a handler cannot fill one of its own), and the
+/// capturing thread then fills a fresh one (10 allocations, once per pool slot), which is
+/// the pool's bounded warm-up, not steady state.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[inline(never)]
 fn chain(depth: usize, leaf: &mut dyn FnMut()) -> usize {
     if depth == 0 {
@@ -47,6 +53,7 @@ fn chain(depth: usize, leaf: &mut dyn FnMut()) -> usize {
 
 #[test]
 fn capture_steady_state_allocates_nothing() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut frames = [0usize; MAX_DEPTH];
     let mut total = 0;
     // Warm-up: builds the module list, the thread's bounds and a pooled cache.
@@ -82,6 +89,7 @@ extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mu
 
 #[test]
 fn capture_from_ucontext_allocates_nothing() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     global_init();
     let fallbacks = heaprof::__private::stats().fp_fallbacks;
     // SAFETY: a plain SA_SIGINFO handler for SIGPROF, used only by this test.
