@@ -6,7 +6,7 @@
 //!   branch on its flags, then the inner call.
 //! - Unsampled `dealloc`: one test of the pointer's low bits in a register (see `live`), then
 //!   the inner call; about 1 in 128 glibc frees go out of line to test the layout too, and
-//!   1 in 256 also read 32 bytes from the same page.
+//!   1 in 128 also read 32 bytes from the same page.
 //! - Sampled path: capture the stack (before any shared state is touched), intern it,
 //!   allocate a tagged block, count it. Lock-free, never allocates through the global
 //!   allocator; allocations the unwinder makes on first use go to the inner allocator under
@@ -350,7 +350,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
         // The common case in one test on a register: a pointer whose address is not 0 or
         // 32 mod 2048 is neither at a tag offset nor aligned to 4096 or more, so it is not
         // a sampled block. (1 in 64 of glibc's 16-aligned blocks pass; `dealloc_slow` then
-        // tests the offset for the layout's alignment, and reads a header for 1 in 4 of them.)
+        // tests the offset for the layout's alignment, and reads a header for half of them.)
         if live::may_be_sampled(ptr) {
             // SAFETY: forwarded under the caller's contract.
             return unsafe { self.dealloc_slow(ptr, layout) };
