@@ -49,18 +49,8 @@ fn busy_allocating(n: usize) -> usize {
 #[test]
 fn handler_makes_no_allocation() {
     heaprof::set_cpu_profile_rate(1000);
-    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    struct W(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for W {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let guard = heaprof::CpuProfile::start(W(buf.clone())).unwrap();
+    let buf = common::SharedBuf::default();
+    let guard = heaprof::CpuProfile::start(buf.clone()).unwrap();
     let hs: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(|| black_box(busy_allocating(3_000_000))))
         .collect();
@@ -81,6 +71,6 @@ fn handler_makes_no_allocation() {
         0,
         "allocations inside the handler"
     );
-    let p = common::decode(&buf.lock().unwrap());
+    let p = common::decode(&buf.bytes());
     assert!(!p.sample.is_empty());
 }
