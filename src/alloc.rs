@@ -5,7 +5,7 @@
 //! - Unsampled `alloc`: one read-modify-write of a thread-local word (`sub` to memory) and a
 //!   branch on its flags, then the inner call.
 //! - Unsampled `dealloc`: one test of the pointer's low bits in a register (see `live`), then
-//!   the inner call; about 1 in 128 glibc frees go out of line to test the layout too, and
+//!   the inner call; about 1 in 64 glibc frees go out of line to test the layout too, and
 //!   1 in 128 also read 32 bytes from the same page.
 //! - Sampled path: capture the stack (before any shared state is touched), intern it,
 //!   allocate a tagged block, count it. Lock-free, never allocates through the global

@@ -4,13 +4,14 @@
 //! Capacities are fixed at creation: [`set_table_capacity`](crate::set_table_capacity)
 //! before the first sample chooses them, else `HEAPROF_STACKS` and `HEAPROF_BUCKETS`.
 //! Costs (virtual; pages become resident as slots are first used): a stack slot is
-//! [`stacktab::SLOT_BYTES`](crate::stacktab::SLOT_BYTES) (528 B), a bucket [`buckets::BUCKET_BYTES`](crate::buckets::BUCKET_BYTES) (32 B) for its index
-//! slot and description, [`buckets::COUNTER_BYTES`](crate::buckets::COUNTER_BYTES) (256 B) for its counters (one 64-byte
-//! line per shard), and 32 B for its counters at the recorded peak (`heap_peak`). Bucket
-//! ids are dense, so only the index is touched at random (about one 4 KiB page per call
-//! site: a site's size classes share a page); the rest becomes resident in proportion to
-//! the buckets in use. Defaults: 16 384 stacks (8.3 MiB) and 65 536 buckets
-//! (20.0 MiB).
+//! [`stacktab::SLOT_BYTES`](crate::stacktab::SLOT_BYTES) (528 B), a bucket
+//! [`buckets::BUCKET_BYTES`](crate::buckets::BUCKET_BYTES) (32 B) for its index slot and
+//! description, [`buckets::COUNTER_BYTES`](crate::buckets::COUNTER_BYTES) (256 B) for its
+//! counters (one 64-byte line per shard), and 32 B for its counters at the recorded peak
+//! (`heap_peak`). Bucket ids are dense, so only the index is touched at random (about one
+//! 4 KiB page per call site: a site's size classes share a page); the rest becomes resident
+//! in proportion to the buckets in use. Defaults: 16 384 stacks (8.3 MiB) and 65 536
+//! buckets (20.0 MiB).
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 

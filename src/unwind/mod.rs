@@ -374,9 +374,9 @@ struct Walk {
 }
 
 impl Walk {
-    /// Unwind into `frames`, return the count. Terminates: every iteration records a frame
-    /// (bounded by `frames.len()`), crosses a signal frame (bounded by MAX_SIGNAL_FRAMES), or
-    /// stops; the first iteration may record nothing.
+    /// Unwind into `frames`; the result says how many were written. Terminates: every
+    /// iteration records a frame (bounded by `frames.len()`), crosses a signal frame (bounded
+    /// by MAX_SIGNAL_FRAMES), or stops; the first iteration may record nothing.
     fn run(
         self,
         mut state: &'static State,
