@@ -19,7 +19,7 @@ use std::alloc::System;
 
 use crate::sampler::{self, Weight};
 use crate::tls::{self, ThreadState};
-use crate::{config, live, peak, tables, unwind};
+use crate::{arena, config, live, peak, tables, unwind};
 
 /// Countdown used while sampling is off, so threads notice a rate change within this many
 /// bytes of allocation.
@@ -202,8 +202,8 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
             // SAFETY: as above.
             return unsafe { self.inner_alloc(layout, zeroed) };
         }
-        // SAFETY: `inner_layout` has non-zero size (it adds the tag offset).
-        let base = unsafe { self.inner_alloc(inner_layout, zeroed) };
+        // SAFETY: the caller's layout; `inner_layout` is its padded form.
+        let base = unsafe { self.sampled_block(layout, inner_layout, zeroed) };
         if base.is_null() {
             if over {
                 live::unreserve_overaligned();
@@ -217,6 +217,26 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
         // SAFETY: `base` is a fresh inner block of `inner_layout`; the reservation for an
         // over-aligned layout was made above.
         unsafe { live::tag(base, layout, bucket, w) }
+    }
+
+    /// Memory for a sampled block of `layout`: an arena slot for alignments up to 32 (see
+    /// `arena`), else, or when the arena has none, an inner block of `inner_layout`. Null
+    /// when out of memory.
+    ///
+    /// # Safety
+    /// `layout` as for `GlobalAlloc::alloc`; `inner_layout` = `live::inner_layout(layout)`.
+    unsafe fn sampled_block(&self, layout: Layout, inner_layout: Layout, zeroed: bool) -> *mut u8 {
+        if layout.align() <= live::TAG_SMALL {
+            if let Some((start, fresh)) = arena::alloc(layout.size()) {
+                if zeroed && !fresh {
+                    // SAFETY: the slot holds TAG_SMALL + size bytes and is ours until freed.
+                    unsafe { start.add(live::TAG_SMALL).write_bytes(0, layout.size()) };
+                }
+                return start;
+            }
+        }
+        // SAFETY: `inner_layout` has non-zero size (it adds the tag offset).
+        unsafe { self.inner_alloc(inner_layout, zeroed) }
     }
 
     /// If `ptr` is a sampled block, counts its free, releases it and returns true.
@@ -237,6 +257,12 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
         if let Some(t) = tables::get_if_created() {
             t.buckets.record_free(h.bucket, layout.size() as u64, w);
             peak::on_free(w.bytes);
+        }
+        if arena::contains(base) {
+            // SAFETY: `base` is the slot `sampled_block` took for this size; its owner is
+            // freeing it.
+            unsafe { arena::free(base, layout.size()) };
+            return true;
         }
         // `inner_layout` succeeded for this layout when the block was allocated, so it does
         // again; were it ever not to, leaking the block beats aborting inside `dealloc`.

@@ -43,6 +43,7 @@ extern "C" fn parent() {
 extern "C" fn child() {
     let _guard = crate::tls::ProfilerGuard::enter();
     crate::tables::after_fork_child();
+    crate::arena::after_fork_child();
     crate::threadcreate::after_fork_child();
     crate::unwind::after_fork_child();
     crate::symbolize::fork_release();

@@ -57,6 +57,7 @@ struct Stats {
     buckets_capacity: usize,
     buckets_overflowed: u64,
     overaligned_skipped: u64,
+    arena_committed: usize,
 }
 
 impl Stats {
@@ -83,6 +84,14 @@ impl Stats {
                 "heaprof.overaligned_unsampled",
                 self.overaligned_skipped.to_string(),
             ),
+            (
+                "heaprof.arena_committed",
+                format!(
+                    "{} of {}",
+                    self.arena_committed,
+                    crate::arena::RESERVE_BYTES
+                ),
+            ),
         ]
     }
 }
@@ -96,6 +105,7 @@ fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
         buckets_capacity: 0,
         buckets_overflowed: 0,
         overaligned_skipped: live::overaligned_skipped(),
+        arena_committed: crate::arena::committed(),
     };
     let Some(t) = tables::get_if_created() else {
         return (Vec::new(), stats);

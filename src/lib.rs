@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod alloc;
+mod arena;
 mod block;
 mod buckets;
 mod config;
@@ -139,6 +140,7 @@ pub fn block_profile_rate() -> u64 {
 /// Internals re-exported for the crate's own integration tests (`tests/`). Not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::arena::{MAX_BLOCK as ARENA_MAX_BLOCK, RESERVE_BYTES as ARENA_BYTES};
     pub use crate::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
     pub use crate::fork::test_support::{in_child, wait_child};
     pub use crate::pprof::builder::{Label, ProfileBuilder};

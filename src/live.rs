@@ -84,6 +84,10 @@ static OVERALIGNED: [AtomicUsize; OVERALIGNED_CAPACITY] =
     [const { AtomicUsize::new(0) }; OVERALIGNED_CAPACITY];
 static OVERALIGNED_LIVE: AtomicUsize = AtomicUsize::new(0);
 static OVERALIGNED_SKIPPED: AtomicU64 = AtomicU64::new(0);
+/// Live sampled blocks of alignment below [`TAG_PAGE`] in the inner allocator (not in the
+/// arena). While it is 0, a tagged address outside the arena is not a sampled block, and
+/// `lookup` does not read a header.
+static INNER_TAGGED_LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Chooses the per-process secret; called once when the tables are created, before any
 /// block is sampled.
@@ -253,8 +257,10 @@ fn find_overaligned(ptr: usize) -> Option<&'static AtomicUsize> {
 /// and, when `layout.align() >= TAG_PAGE`, a reservation must have been made.
 pub unsafe fn tag(base: *mut u8, layout: Layout, bucket: u32, w: Weight) -> *mut u8 {
     let off = base_offset(base as usize, layout.align());
-    // SAFETY: `off` is below the extra bytes `inner_layout` added (≤ period + 32 < period +
-    // 64, or `align`), so `base + off` and the `size` bytes after it are inside the block.
+    // SAFETY: in an inner block, `off` is below the extra bytes `inner_layout` added (≤
+    // period + 32 < period + 64, or `align`); an arena slot starts at a multiple of 2048, so
+    // `off` is 32 and the slot holds 32 + size bytes. Either way `base + off` and the `size`
+    // bytes after it are inside the block.
     let ptr = unsafe { base.add(off) };
     let h = Header {
         check: check_word(
@@ -275,6 +281,8 @@ pub unsafe fn tag(base: *mut u8, layout: Layout, bucket: u32, w: Weight) -> *mut
     unsafe { ptr.sub(HEADER_BYTES).cast::<Header>().write(h) };
     if layout.align() >= TAG_PAGE {
         insert_overaligned(ptr as usize);
+    } else if !crate::arena::contains(base) {
+        INNER_TAGGED_LIVE.fetch_add(1, Ordering::Relaxed);
     }
     ptr
 }
@@ -296,6 +304,12 @@ pub unsafe fn lookup(ptr: *mut u8, layout: Layout, forget: bool) -> Option<(Head
     } else {
         None
     };
+    // An inner block: its free happens after its `tag` (the caller got the pointer from
+    // it), so the count includes it until this call removes it.
+    let inner_tagged = align < TAG_PAGE && !crate::arena::contains(ptr);
+    if inner_tagged && INNER_TAGGED_LIVE.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
     let hp = ptr.wrapping_sub(HEADER_BYTES).cast::<Header>();
     // SAFETY: for align < TAG_PAGE, `ptr % 4096` is 32 or 2080 (align ≤ 32: `offset` mod
     // 2048) or 2048, at least 32 either way, so `hp` lies in the same page as `ptr`, which
@@ -317,6 +331,8 @@ pub unsafe fn lookup(ptr: *mut u8, layout: Layout, forget: bool) -> Option<(Head
         if let Some(s) = slot {
             s.store(TOMBSTONE, Ordering::Release);
             OVERALIGNED_LIVE.fetch_sub(1, Ordering::Relaxed);
+        } else if inner_tagged {
+            INNER_TAGGED_LIVE.fetch_sub(1, Ordering::Relaxed);
         }
     }
     Some((h, ptr.wrapping_sub(h.base_offset as usize)))

@@ -29,6 +29,35 @@ pub fn map_zeroed(len: usize) -> *mut u8 {
     }
 }
 
+/// Reserves `len` bytes of address space, inaccessible until [`commit`]ted: no commit
+/// charge, no resident memory. Returns null when the kernel refuses.
+pub fn reserve(len: usize) -> *mut u8 {
+    // SAFETY: as in `map_zeroed`: a fresh anonymous mapping at a kernel-chosen address.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Makes `len` bytes at `p` (page-aligned, inside a [`reserve`]d range) readable and
+/// writable; false when the kernel refuses (out of commit charge).
+pub fn commit(p: *mut u8, len: usize) -> bool {
+    // SAFETY: the caller passes a page-aligned range inside a reservation of its own, whose
+    // pages nothing else uses; changing their protection affects no other memory.
+    unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+}
+
 /// Reads an environment variable as raw bytes without allocating.
 ///
 /// Returns `None` when unset. The slice borrows the process environment: callers copy or

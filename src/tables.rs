@@ -79,6 +79,7 @@ pub fn get() -> Option<&'static Tables> {
             let counters = map_slice::<[Counters; SHARDS]>(buckets + 1)?;
             let buckets = map_slice::<Bucket>(buckets + 1)?;
             crate::live::init_secret();
+            crate::arena::init();
             Some(Tables {
                 stacks: StackTable::new(stacks),
                 buckets: BucketTable::new(index, buckets, counters),

@@ -1,5 +1,5 @@
-//! Exhaustion: the over-aligned live set full, an inner allocator that returns null, and
-//! sizes near `isize::MAX`. (Full stack and bucket tables: `heap_overflow.rs`.)
+//! Exhaustion: the over-aligned live set full, the sampled-block arena full, an inner
+//! allocator that returns null, and sizes near `isize::MAX`. (Full stack and bucket tables: `heap_overflow.rs`.)
 //! Each case runs in a child process under a timeout.
 
 mod common;
@@ -138,9 +138,14 @@ fn overaligned_set_full_counts_and_degrades() {
     run_case_ok(RUNNER, "overaligned_full", &[], T);
 }
 
+/// Aligned to 64, so sampled blocks come from the inner allocator, not the arena.
+fn null_layout() -> Layout {
+    Layout::from_size_align(40, 64).unwrap()
+}
+
 #[inline(never)]
 fn null_site(n: usize, out: &mut Vec<*mut u8>) -> usize {
-    let l = Layout::from_size_align(40, 8).unwrap();
+    let l = null_layout();
     let mut nulls = 0;
     for _ in 0..n {
         // SAFETY: valid layout; successes are freed by the caller.
@@ -158,7 +163,7 @@ fn inner_null() {
     rate_one();
     let mut kept = Vec::with_capacity(3000);
     black_box(null_site(1, &mut kept)); // warm up: this thread's first capture allocates
-    let l = Layout::from_size_align(40, 8).unwrap();
+    let l = null_layout();
     FLAKY_HERE.set(true);
     FAIL_EVERY.store(3, Ordering::Relaxed);
     let nulls = null_site(2999, &mut kept);
@@ -173,7 +178,7 @@ fn inner_null() {
             unsafe { p.write_bytes(1, 40) };
         } else {
             // SAFETY: the moved block; shrink back so every kept block has layout `l`.
-            let r = unsafe { realloc(q, Layout::from_size_align(80, 8).unwrap(), 40) };
+            let r = unsafe { realloc(q, Layout::from_size_align(80, 64).unwrap(), 40) };
             *p = if r.is_null() { unreachable_free(q) } else { r };
         }
     }
@@ -205,6 +210,66 @@ fn inner_null() {
 /// row, which every-3rd cannot do).
 fn unreachable_free(_q: *mut u8) -> *mut u8 {
     panic!("shrinking realloc failed twice in a row")
+}
+
+#[inline(never)]
+fn arena_site(n: usize, size: usize) -> Vec<*mut u8> {
+    let l = Layout::from_size_align(size, 8).unwrap();
+    (0..n)
+        .map(|i| {
+            // SAFETY: valid non-zero layout; freed by the caller.
+            let p = unsafe { alloc(l) };
+            assert!(!p.is_null());
+            // SAFETY: `size` writable bytes.
+            unsafe { p.write(i as u8) };
+            p
+        })
+        .collect()
+}
+
+fn arena_full() {
+    rate_one();
+    let size = heaprof::__private::ARENA_MAX_BLOCK;
+    // One more than fits in the whole arena: the last ones must go to the inner allocator.
+    let n = heaprof::__private::ARENA_BYTES / (size + 32) + 100;
+    let blocks = arena_site(n, size);
+    let p = profile();
+    assert_eq!(
+        comment(&p, "heaprof.arena_committed"),
+        format!(
+            "heaprof.arena_committed: {0} of {0}",
+            heaprof::__private::ARENA_BYTES
+        ),
+        "the arena filled up"
+    );
+    let t = common::totals_by_site(&p, &["arena_site"]);
+    // Every block, wherever it lives, plus the Vec of pointers.
+    assert_eq!(t["arena_site"][2], n as i64 + 1);
+    assert_eq!(t["arena_site"][3], (n * size + n * 8) as i64);
+    let l = Layout::from_size_align(size, 8).unwrap();
+    for (i, &b) in blocks.iter().enumerate() {
+        // SAFETY: allocated above with `l`; the first byte was written there.
+        unsafe {
+            assert_eq!(b.read(), i as u8);
+            dealloc(b, l);
+        }
+    }
+    drop(blocks);
+    let t = common::totals_by_site(&profile(), &["arena_site"]);
+    assert_eq!(t["arena_site"][2..], [0, 0], "all freed");
+    // Freed slots serve new samples.
+    let again = arena_site(10, size);
+    let t = common::totals_by_site(&profile(), &["arena_site"]);
+    assert_eq!(t["arena_site"][3], (10 * size + 10 * 8) as i64);
+    for b in again {
+        // SAFETY: allocated with `l`.
+        unsafe { dealloc(b, l) };
+    }
+}
+
+#[test]
+fn arena_full_degrades_to_the_inner_allocator() {
+    run_case_ok(RUNNER, "arena_full", &[], T);
 }
 
 #[test]
@@ -264,6 +329,7 @@ fn child_entry() {
         None => {}
         Some("overaligned_full") => overaligned_full(),
         Some("inner_null") => inner_null(),
+        Some("arena_full") => arena_full(),
         Some("huge") => huge(),
         Some(other) => panic!("unknown case {other}"),
     }

@@ -1,0 +1,384 @@
+//! The sampled-block arena: address space reserved once, from which sampled blocks of
+//! alignment ≤ 32 and up to [`MAX_BLOCK`] bytes are carved, so that they never enter the
+//! inner allocator's heap.
+//!
+//! # Why
+//! A sampled block carries a 32-byte header and must sit at a tagged address (see `live`).
+//! Inside the inner allocator that costs up to 2112 bytes of padding per block, and the
+//! padded request is a size the program itself does not ask for: in glibc it goes through
+//! the regular bins, splits and merges chunks next to the program's own, and, on a heap
+//! that grows and shrinks, lands on freshly faulted pages (about 1 sample in 10 on a
+//! two-thread churn benchmark). Here a slot starts at a multiple of [`UNIT`] (2048) from a
+//! page-aligned base, so the header fills the slot's first 32 bytes and the user's pointer
+//! right after it has the tag with no padding at all; freed slots are reused by the next
+//! sample of their class, on pages that stay mapped.
+//!
+//! # Layout and cost
+//! [`RESERVE_BYTES`] (1 GiB) of address space are reserved `PROT_NONE` when the tables are
+//! created and made writable in [`COMMIT_STEP`] (2 MiB) steps as slots are first handed
+//! out, so commit charge and resident memory follow use. A block takes `32 + size` bytes
+//! rounded up to a class of 1–8 units, then four classes per doubling up to 40 units (at
+//! most 25% over; pages the program never touches stay non-resident). Freed slots go on
+//! their class's free list and are never returned to the OS: the arena keeps the peak of
+//! the sampled blocks' slots. At the default rate a block of `s` bytes is sampled with odds
+//! about `s / 512 KiB`, so that peak is about 12% of a peak heap made of 64 KiB blocks,
+//! under 1% for 4 KiB blocks and less for smaller ones. Larger or over-aligned blocks, and
+//! any sample when the arena is full, refused by the OS or busy growing, use the padded
+//! layout in the inner allocator as before. A side table of one `u32` per unit (2 MiB)
+//! links the free lists.
+//!
+//! # Free lists
+//! One lock-free LIFO per class: a head word holding a generation (high 32 bits) and the
+//! top slot's unit index + 1 (low 32; 0 = empty), links in the side table. Every successful
+//! push or pop bumps the generation, so a pop whose head changed under it (even back to
+//! the same slot) fails its compare-exchange and retries: no ABA. The memory is never
+//! unmapped, so reading a link of a slot another thread just took is harmless (the CAS
+//! then fails). Push publishes with release and pop takes with acquire, so a slot's
+//! previous owner's writes happen before its next owner's.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::live::{SMALL_PERIOD, TAG_SMALL};
+
+/// Slot granularity; slots start at multiples of it from the page-aligned base, so the
+/// user's pointer [`TAG_SMALL`] bytes in is `TAG_SMALL` modulo `SMALL_PERIOD`.
+pub const UNIT: usize = SMALL_PERIOD;
+/// Address space reserved for the arena.
+pub const RESERVE_BYTES: usize = 1 << 30;
+/// How much more of the reservation is made writable at a time.
+pub const COMMIT_STEP: usize = 2 << 20;
+/// Units in the largest class.
+const MAX_UNITS: usize = 40;
+/// The largest block the arena takes.
+pub const MAX_BLOCK: usize = MAX_UNITS * UNIT - TAG_SMALL;
+/// Number of size classes: 1–8 units, then 10, 12, … four per doubling up to 40.
+const CLASSES: usize = 17;
+const UNITS_TOTAL: usize = RESERVE_BYTES / UNIT;
+
+/// Units in class `c`.
+const fn class_units(c: usize) -> usize {
+    if c < 8 {
+        c + 1
+    } else {
+        let k = c / 4 + 1; // classes 8..12 lie in (8, 16], 12..16 in (16, 32], …
+        let step = 1 << (k - 2);
+        (1 << k) + (c % 4 + 1) * step
+    }
+}
+
+/// The smallest class of at least `units` units (≥ 1), if any.
+fn class_of(units: usize) -> Option<usize> {
+    let c = if units <= 8 {
+        units.checked_sub(1)?
+    } else {
+        let k = (usize::BITS - 1 - (units - 1).leading_zeros()) as usize; // units ∈ (2^k, 2^k+1]
+        let step = 1 << (k - 2);
+        (k - 1) * 4 + (units - (1 << k)).div_ceil(step) - 1
+    };
+    (c < CLASSES).then_some(c)
+}
+
+/// The class of a block of `size` bytes.
+fn class_of_size(size: usize) -> Option<usize> {
+    if size > MAX_BLOCK {
+        return None;
+    }
+    class_of((size + TAG_SMALL).div_ceil(UNIT))
+}
+
+#[repr(align(64))]
+struct Head(AtomicU64);
+
+static HEADS: [Head; CLASSES] = [const { Head(AtomicU64::new(0)) }; CLASSES];
+static BASE: AtomicUsize = AtomicUsize::new(0);
+/// Bytes reserved at `BASE`; 0 until the reservation succeeded.
+static LEN: AtomicUsize = AtomicUsize::new(0);
+static LINKS: AtomicUsize = AtomicUsize::new(0);
+/// Bytes from `BASE` handed out to slots so far.
+static CURSOR: AtomicUsize = AtomicUsize::new(0);
+/// Bytes from `BASE` that are writable.
+static COMMITTED: AtomicUsize = AtomicUsize::new(0);
+static GROWING: AtomicBool = AtomicBool::new(false);
+
+/// Reserves the arena; called once when the tables are created. If the OS refuses, the
+/// arena stays empty and every sample uses the inner allocator.
+pub fn init() {
+    let links = crate::sys::map_zeroed(UNITS_TOTAL * core::mem::size_of::<AtomicU32>());
+    let base = crate::sys::reserve(RESERVE_BYTES);
+    if links.is_null() || base.is_null() {
+        return;
+    }
+    LINKS.store(links as usize, Ordering::Relaxed);
+    BASE.store(base as usize, Ordering::Relaxed);
+    LEN.store(RESERVE_BYTES, Ordering::Release);
+}
+
+/// Whether `p` lies in the arena.
+#[inline]
+pub fn contains(p: *mut u8) -> bool {
+    (p as usize).wrapping_sub(BASE.load(Ordering::Relaxed)) < LEN.load(Ordering::Relaxed)
+}
+
+/// Bytes of the arena made writable so far.
+pub fn committed() -> usize {
+    COMMITTED.load(Ordering::Relaxed)
+}
+
+fn link(unit: usize) -> &'static AtomicU32 {
+    let links = LINKS.load(Ordering::Relaxed) as *const AtomicU32;
+    // SAFETY: `unit` < UNITS_TOTAL (it indexes a slot inside the reservation), and `links`
+    // is a live, never-unmapped, zero-initialised mapping of UNITS_TOTAL atomics (`init`
+    // stored it before LEN, which every caller's slot came through).
+    unsafe { &*links.add(unit) }
+}
+
+fn pop(class: usize) -> Option<usize> {
+    let head = &HEADS[class].0;
+    let mut h = head.load(Ordering::Acquire);
+    loop {
+        let top = h as u32;
+        if top == 0 {
+            return None;
+        }
+        let next = link(top as usize - 1).load(Ordering::Relaxed);
+        let new = ((h >> 32).wrapping_add(1) << 32) | next as u64;
+        match head.compare_exchange_weak(h, new, Ordering::Acquire, Ordering::Acquire) {
+            Ok(_) => return Some(top as usize - 1),
+            Err(cur) => h = cur,
+        }
+    }
+}
+
+fn push(class: usize, unit: usize) {
+    let head = &HEADS[class].0;
+    let mut h = head.load(Ordering::Relaxed);
+    loop {
+        link(unit).store(h as u32, Ordering::Relaxed);
+        let new = ((h >> 32).wrapping_add(1) << 32) | (unit as u64 + 1);
+        match head.compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(cur) => h = cur,
+        }
+    }
+}
+
+/// Makes the reservation writable up to at least `end`; false if another thread is doing
+/// so right now (the caller does not wait) or the OS refused.
+fn grow(end: usize) -> bool {
+    if GROWING.swap(true, Ordering::Acquire) {
+        return false;
+    }
+    let committed = COMMITTED.load(Ordering::Relaxed);
+    let target = end
+        .next_multiple_of(COMMIT_STEP)
+        .min(LEN.load(Ordering::Relaxed));
+    let ok = committed >= end
+        || crate::sys::commit(
+            (BASE.load(Ordering::Relaxed) + committed) as *mut u8,
+            target - committed,
+        );
+    if ok && target > committed {
+        COMMITTED.store(target, Ordering::Release);
+    }
+    GROWING.store(false, Ordering::Release);
+    ok
+}
+
+/// A never-used slot of `units` units, as a unit index.
+fn bump(units: usize) -> Option<usize> {
+    let bytes = units * UNIT;
+    let len = LEN.load(Ordering::Acquire);
+    let mut cur = CURSOR.load(Ordering::Relaxed);
+    loop {
+        let end = cur + bytes;
+        if end > len {
+            return None;
+        }
+        if end > COMMITTED.load(Ordering::Acquire) {
+            if !grow(end) {
+                return None;
+            }
+            continue;
+        }
+        match CURSOR.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(cur / UNIT),
+            Err(c) => cur = c,
+        }
+    }
+}
+
+/// A slot for a sampled block of `size` bytes and alignment ≤ 32: its start (the header
+/// goes there, the block [`TAG_SMALL`] bytes in) and whether it is fresh (all zero). `None`
+/// when the block is too large or the arena cannot supply one.
+pub fn alloc(size: usize) -> Option<(*mut u8, bool)> {
+    let class = class_of_size(size)?;
+    if LEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let (unit, fresh) = match pop(class) {
+        Some(u) => (u, false),
+        None => (bump(class_units(class))?, true),
+    };
+    Some((
+        (BASE.load(Ordering::Relaxed) + unit * UNIT) as *mut u8,
+        fresh,
+    ))
+}
+
+/// Returns the slot at `start` of a block of `size` bytes to its class.
+///
+/// # Safety
+/// `start` must be a slot [`alloc`]`(size)` returned, not freed since, that no one uses.
+pub unsafe fn free(start: *mut u8, size: usize) {
+    let Some(class) = class_of_size(size) else {
+        return; // unreachable: `alloc` gave this slot for this size
+    };
+    push(
+        class,
+        (start as usize - BASE.load(Ordering::Relaxed)) / UNIT,
+    );
+}
+
+/// In a forked child: a grow interrupted by the fork on another thread never finishes.
+pub fn after_fork_child() {
+    GROWING.store(false, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs `f` in a forked child with the arena reserved; the parent's arena is untouched.
+    fn in_child(f: impl FnOnce()) {
+        let code = crate::fork::test_support::in_child(Duration::from_secs(60), || {
+            let _ = crate::tables::get();
+            assert_ne!(LEN.load(Ordering::Relaxed), 0, "the arena was reserved");
+            f();
+            0
+        });
+        assert_eq!(
+            code,
+            Some(0),
+            "the child failed (101: a panic; None: a hang)"
+        );
+    }
+
+    #[test]
+    fn slots_are_tagged_fresh_zero_and_reused_last_in_first_out() {
+        in_child(|| {
+            let (a, fresh) = alloc(3000).unwrap();
+            assert!(fresh && contains(a));
+            let p = a.wrapping_add(TAG_SMALL);
+            assert!(crate::live::may_be_sampled(p) && crate::live::may_be_tagged(p, 16));
+            // SAFETY: the slot is ours: 32 + 3000 bytes, fresh, hence zero and writable.
+            unsafe {
+                assert!(core::slice::from_raw_parts(a, 3032).iter().all(|&b| b == 0));
+                a.write_bytes(0xab, 3032);
+            }
+            let (b, _) = alloc(3000).unwrap();
+            assert_ne!(a, b);
+            // SAFETY: `a` and `b` came from `alloc(3000)` and are not used any more.
+            unsafe { free(a, 3000) };
+            unsafe { free(b, 3000) };
+            // Same class (2 units), so the last freed comes back first, not zeroed.
+            assert_eq!(alloc(4000 - TAG_SMALL), Some((b, false)));
+            assert_eq!(alloc(2100), Some((a, false)));
+            // Another class has its own list.
+            let (c, fresh) = alloc(100).unwrap();
+            assert!(fresh && c != a && c != b);
+            assert!(alloc(MAX_BLOCK).is_some());
+            assert_eq!(alloc(MAX_BLOCK + 1), None);
+            assert!(!contains(core::ptr::null_mut()));
+            assert!(!contains(
+                (BASE.load(Ordering::Relaxed) + RESERVE_BYTES) as *mut u8
+            ));
+        });
+    }
+
+    #[test]
+    fn a_full_arena_says_so_and_takes_freed_slots_again() {
+        in_child(|| {
+            let mut n = 0;
+            let mut last = None;
+            while let Some((s, _)) = alloc(MAX_BLOCK) {
+                n += 1;
+                last = Some(s);
+            }
+            assert_eq!(n, RESERVE_BYTES / (MAX_UNITS * UNIT));
+            assert_eq!(committed(), RESERVE_BYTES);
+            let rest = RESERVE_BYTES - n * MAX_UNITS * UNIT;
+            let mut small = 0;
+            while alloc(0).is_some() {
+                small += 1;
+            }
+            assert_eq!(small * UNIT, rest, "the remainder, in one-unit slots");
+            // SAFETY: `last` is a slot of this size, not used.
+            unsafe { free(last.unwrap(), MAX_BLOCK) };
+            assert_eq!(alloc(MAX_BLOCK - 1), Some((last.unwrap(), false)));
+        });
+    }
+
+    #[test]
+    fn threads_never_share_a_slot() {
+        in_child(|| {
+            let threads: Vec<_> = (0..4u8)
+                .map(|t| {
+                    std::thread::spawn(move || {
+                        let mut rng = crate::sampler::thread_seed(99, t as u64) | 1;
+                        let mut held: Vec<(usize, usize)> = Vec::new();
+                        for i in 0..20_000u32 {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            if held.len() > 64 || (rng & 1 == 0 && !held.is_empty()) {
+                                let (s, size) = held.swap_remove((rng >> 8) as usize % held.len());
+                                // SAFETY: each slot was filled with this thread's mark.
+                                let ok = unsafe {
+                                    core::slice::from_raw_parts(s as *const u8, size + TAG_SMALL)
+                                        .iter()
+                                        .all(|&b| b == t + 1)
+                                };
+                                assert!(ok, "slot {s:#x} was written by another thread");
+                                // SAFETY: ours, no longer used.
+                                unsafe { free(s as *mut u8, size) };
+                            } else {
+                                let size = (rng >> 16) as usize
+                                    % (if i % 8 == 0 { MAX_BLOCK } else { 6000 });
+                                let (s, _) = alloc(size).expect("the arena has room");
+                                // SAFETY: a slot of 32 + size bytes, ours until freed.
+                                unsafe { s.write_bytes(t + 1, size + TAG_SMALL) };
+                                held.push((s as usize, size));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn classes_are_the_smallest_that_fit_and_waste_at_most_a_quarter() {
+        assert_eq!(class_units(CLASSES - 1), MAX_UNITS);
+        assert_eq!(
+            (0..CLASSES).map(class_units).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40]
+        );
+        for units in 1..=MAX_UNITS {
+            let c = class_of(units).unwrap();
+            assert!(class_units(c) >= units, "{units}");
+            assert!(c == 0 || class_units(c - 1) < units, "{units}");
+            assert!(class_units(c) * 4 <= units * 5, "{units}");
+        }
+        assert_eq!(class_of(0), None);
+        assert_eq!(class_of(MAX_UNITS + 1), None);
+        assert_eq!(class_of_size(0), Some(0));
+        assert_eq!(class_of_size(UNIT - TAG_SMALL), Some(0));
+        assert_eq!(class_of_size(UNIT - TAG_SMALL + 1), Some(1));
+        assert_eq!(class_of_size(MAX_BLOCK), Some(CLASSES - 1));
+        assert_eq!(class_of_size(MAX_BLOCK + 1), None);
+    }
+}
