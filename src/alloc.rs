@@ -5,10 +5,11 @@
 //! - Unsampled `alloc`: one read-modify-write of a thread-local word (`sub` to memory) and a
 //!   branch on its flags, then the inner call.
 //! - Unsampled `dealloc`: one test of the pointer's low bits in a register (see `live`), then
-//!   the inner call; about 1 in 64 glibc frees go out of line to test the layout too, and
-//!   1 in 128 also read 32 bytes from the same page.
+//!   the inner call; about 1 in 64 glibc frees go out of line to test the layout and the
+//!   arena's range too, and, only while a tagged sampled block lives in the inner
+//!   allocator, 1 in 128 also read 32 bytes from the same page.
 //! - Sampled path: capture the stack (before any shared state is touched), intern it,
-//!   allocate a tagged block, count it. Lock-free, never allocates through the global
+//!   allocate a tagged block (an arena slot, or a padded inner block), count it. Lock-free, never allocates through the global
 //!   allocator; allocations the unwinder makes on first use go to the inner allocator under
 //!   the thread's reentrancy guard.
 //! - Nothing here panics or aborts: a failure (tables refused by the OS, tables full,
@@ -376,7 +377,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
         // The common case in one test on a register: a pointer whose address is not 0 or
         // 32 mod 2048 is neither at a tag offset nor aligned to 4096 or more, so it is not
         // a sampled block. (1 in 64 of glibc's 16-aligned blocks pass; `dealloc_slow` then
-        // tests the offset for the layout's alignment, and reads a header for half of them.)
+        // tests the offset for the layout's alignment, and `live::lookup` the arena's range;
+        // a header is read only while tagged sampled blocks live in the inner allocator.)
         if live::may_be_sampled(ptr) {
             // SAFETY: forwarded under the caller's contract.
             return unsafe { self.dealloc_slow(ptr, layout) };

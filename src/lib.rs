@@ -35,8 +35,11 @@
 //! - The stack and bucket tables have fixed capacities ([`set_table_capacity`], before the
 //!   first sample); what does not fit is counted under the pseudo-frame
 //!   `heaprof::table_overflow`, never lost silently.
-//! - A sampled block costs up to 2112 extra bytes (4160 if aligned to 64 or more): well
-//!   under 1% of the heap at the default rate, a lot at rates of a few KiB.
+//! - A sampled block takes a slot of at least 2 KiB in heaprof's own arena (1 GiB of
+//!   address space reserved, committed as used; freed slots are reused, not returned to the
+//!   OS), or, when larger than 80 KiB or aligned to 64 or more, up to 2112 extra bytes (4160)
+//!   in the inner allocator: well under 1% of the heap at the default rate, a lot at rates
+//!   of a few KiB.
 //! - Rate changes apply at once on the calling thread and at the next sample elsewhere.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -6,28 +6,38 @@
 //! pointer can rule out for almost every other block: for alignments up to 32 (nearly all
 //! requests) its address modulo 2048 ([`SMALL_PERIOD`]) is [`TAG_SMALL`] (32); for
 //! alignments 64 to 2048 its address modulo [`TAG_PAGE`] (4096) is [`TAG`] (2048, a multiple
-//! of each). The inner block is requested with the caller's own alignment and 64 bytes
-//! more than that modulus (2112 or 4160); the user's pointer is the first address at least
-//! 32 bytes into it with that remainder, and a 32-byte [`Header`] sits just below it,
-//! inside the padding. At remainder 32 the header shares its cache line with the block's first 32
-//! bytes, which the caller usually writes at once (1.3 cache misses per sample fewer on an
-//! allocation-churn benchmark, by cachegrind), and the half-page modulus halves the padding
-//! (peak RSS at a 4 KiB rate on that benchmark: +5.3 → +4.0 MiB over System).
-//! (Asking the inner allocator for 4096-aligned blocks instead would make glibc split every
-//! sampled chunk into aligned pieces, which fragments its heap and slows every later
-//! `malloc` and `free`: measured at +25% on an allocation-churn benchmark, against ~+5% for
-//! this layout.)
+//! of each). A 32-byte [`Header`] sits just below the user's pointer.
+//!
+//! Where the block lives:
+//! - alignment ≤ 32 and up to [`arena::MAX_BLOCK`](crate::arena::MAX_BLOCK) (80 KiB): in a
+//!   slot of the sampled-block arena (`arena`), which starts at a multiple of 2048, so the
+//!   header is the slot's first 32 bytes and the pointer right after it has the tag with no
+//!   padding, and the inner allocator's heap never sees the block;
+//! - otherwise (or when the arena has no slot): in the inner allocator, requested with the
+//!   caller's own alignment and 64 bytes more than the modulus (2112 or 4160); the user's
+//!   pointer is the first address at least 32 bytes into it with the remainder, the header
+//!   inside that padding.
+//!
+//! At remainder 32 the header shares its cache line with the block's first 32 bytes, which
+//! the caller usually writes at once (1.3 cache misses per sample fewer on an
+//! allocation-churn benchmark, by cachegrind). (Asking the inner allocator for 4096-aligned
+//! blocks instead would make glibc split every sampled chunk into aligned pieces, which
+//! fragments its heap and slows every later `malloc` and `free`: measured at +25% on an
+//! allocation-churn benchmark. Padded blocks cost less, and arena slots less still: see
+//! `arena`.)
 //!
 //! `dealloc` first tests `ptr % 2048` ∈ {0, 32} in a register (one instruction; every
 //! sampled block passes, see [`may_be_sampled`]), then out of line the remainder for the
 //! layout's alignment. For glibc's 16-aligned blocks of alignment ≤ 16 the first test passes
-//! for about 1 in 64 unsampled frees and the second for 1 in 128; only then is the header
-//! read (it lies in the same page as `ptr`, so the read cannot fault, and for glibc in the
-//! same cache line as the chunk header glibc's `free` reads anyway). The header holds a
-//! check word — a keyed hash of the pointer and the header's fields under a random
-//! per-process secret — so random bytes pass it with odds 2⁻⁶⁴ and bytes copied from a
-//! real header to another address never do. A sampled block's check word is cleared when
-//! it is freed, so a stale header cannot be mistaken for a live one.
+//! for about 1 in 64 unsampled frees and the second for 1 in 128. Those are then checked
+//! against the arena's address range, and only while some sampled block of alignment below
+//! 4096 lives in the inner allocator is the header read (it lies in the same page as `ptr`,
+//! so the read cannot fault, and for glibc in the same cache line as the chunk header
+//! glibc's `free` reads anyway). The header holds a check word — a keyed hash of the pointer
+//! and the header's fields under a random per-process secret — so random bytes pass it with
+//! odds 2⁻⁶⁴ and bytes copied from a real header to another address never do. A sampled
+//! block's check word is cleared when it is freed, so a stale header cannot be mistaken for
+//! a live one.
 //!
 //! Layouts aligned to 4096 or more cannot carry that property (the pointer is 0 mod 4096
 //! either way): they are allocated `align` bytes larger, the user's pointer is
@@ -46,10 +56,12 @@
 //! `stacktab` and `buckets` document their claim/publish protocol the same way.
 //!
 //! # Cost
-//! Per sampled block: at most 2112 bytes for alignments up to 32, 4160 up to 2048, `align`
-//! bytes above. At the default rate about one block per 512 KiB allocated is sampled, so
-//! the memory cost is under 1% of the heap; at a 4 KiB rate a heap of small objects grows
-//! by about half, and at rate 1 every block pays it.
+//! Per sampled block in the arena: its size + 32 rounded up to its slot class (see
+//! `arena`); in the inner allocator: at most 2112 bytes for alignments up to 32, 4160 up to
+//! 2048, `align` bytes above. At the default rate about one block per 512 KiB allocated is
+//! sampled, so the memory cost is under 1% of the heap; at rates of a few KiB and below a
+//! heap of small objects grows noticeably (each sampled object takes at least a 2 KiB slot,
+//! of which its first page is resident), and at rate 1 every block pays it.
 
 use core::alloc::Layout;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
