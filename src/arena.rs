@@ -172,11 +172,15 @@ fn grow(end: usize) -> bool {
     let target = end
         .next_multiple_of(COMMIT_STEP)
         .min(LEN.load(Ordering::Relaxed));
+    // SAFETY: [base + committed, base + target) is page-aligned (both are multiples of
+    // COMMIT_STEP, or target is the reservation's end) and inside the reservation.
     let ok = committed >= end
-        || crate::sys::commit(
-            (BASE.load(Ordering::Relaxed) + committed) as *mut u8,
-            target - committed,
-        );
+        || unsafe {
+            crate::sys::commit(
+                (BASE.load(Ordering::Relaxed) + committed) as *mut u8,
+                target - committed,
+            )
+        };
     if ok && target > committed {
         COMMITTED.store(target, Ordering::Release);
     }

@@ -50,10 +50,13 @@ pub fn reserve(len: usize) -> *mut u8 {
     }
 }
 
-/// Makes `len` bytes at `p` (page-aligned, inside a [`reserve`]d range) readable and
-/// writable; false when the kernel refuses (out of commit charge).
-pub fn commit(p: *mut u8, len: usize) -> bool {
-    // SAFETY: the caller passes a page-aligned range inside a reservation of its own, whose
+/// Makes `len` bytes at `p` readable and writable; false when the kernel refuses (out of
+/// commit charge).
+///
+/// # Safety
+/// `[p, p + len)` must be page-aligned and inside a range the caller [`reserve`]d.
+pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
+    // SAFETY: per the contract the range is part of the caller's own reservation, whose
     // pages nothing else uses; changing their protection affects no other memory.
     unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
 }
