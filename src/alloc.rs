@@ -54,6 +54,12 @@ impl ProfilingAllocator<System> {
 
 impl<A: GlobalAlloc> ProfilingAllocator<A> {
     /// A profiling allocator over `inner`; usable in a `static`.
+    ///
+    /// Every unsampled request goes to `inner` unchanged. Sampled blocks of alignment ≤ 32
+    /// and up to 80 KiB (about one per 512 KiB allocated at the default rate) live in
+    /// heaprof's own arena of mapped memory instead, so an `inner` that counts or limits
+    /// memory does not see those; larger or more aligned sampled blocks come from `inner`
+    /// with a little padding.
     pub const fn new(inner: A) -> Self {
         ProfilingAllocator { inner }
     }
