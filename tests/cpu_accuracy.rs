@@ -46,9 +46,9 @@ fn burn_one(units: u64) -> u64 {
 
 /// Runs `f(units)` and returns the CPU time this thread spent in it.
 fn timed(f: fn(u64) -> u64, units: u64) -> i64 {
-    let t0 = thread_cpu_nanos();
+    let t0 = common::thread_cpu_nanos();
     black_box(f(units));
-    thread_cpu_nanos() - t0
+    common::thread_cpu_nanos() - t0
 }
 
 fn process_cpu_nanos() -> i64 {
@@ -60,21 +60,11 @@ fn process_cpu_nanos() -> i64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn thread_cpu_nanos() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer, CLOCK_THREAD_CPUTIME_ID always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
 /// Units of `spin` that take about `cpu_ms` of CPU on this machine.
 fn calibrate(cpu_ms: i64) -> u64 {
-    let t0 = thread_cpu_nanos();
+    let t0 = common::thread_cpu_nanos();
     black_box(spin(200));
-    let per_unit = ((thread_cpu_nanos() - t0) / 200).max(1);
+    let per_unit = ((common::thread_cpu_nanos() - t0) / 200).max(1);
     (cpu_ms * 1_000_000 / per_unit).max(1) as u64
 }
 

@@ -23,13 +23,7 @@ impl std::io::Write for Failing {
 }
 
 fn thread_cpu_ms() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer, CLOCK_THREAD_CPUTIME_ID always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    common::thread_cpu_nanos() / 1_000_000
 }
 
 #[inline(never)]

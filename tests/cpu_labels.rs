@@ -21,8 +21,13 @@ fn cpu_samples_carry_labels() {
     heaprof::set_cpu_profile_rate(250);
     let out = common::SharedBuf::default();
     heaprof::start_cpu_profile(out.clone()).unwrap();
-    // Interleave the two kinds of work so both see the same machine conditions.
-    for _ in 0..30 {
+    // Interleave the two kinds of work so both see the same machine conditions, for at
+    // least 1.2 s of this thread's CPU time (~300 samples at 250 Hz) whatever the build's
+    // speed.
+    let end = common::thread_cpu_nanos() + 1_200_000_000;
+    let mut rounds = 0;
+    while rounds < 30 || common::thread_cpu_nanos() < end {
+        rounds += 1;
         heaprof::with_labels(&[("request", "checkout")], || {
             black_box(spin(black_box(600)))
         });

@@ -22,7 +22,10 @@ const CHURN_N: usize = 200_000; // 40 MB allocated, all freed; ≈ 9,800 samples
 #[inline(never)]
 #[allow(clippy::vec_box)] // the boxes are the allocations under test
 fn site_small_kept() -> Vec<Box<[u8; SMALL]>> {
-    (0..SMALL_N).map(|i| Box::new([i as u8; SMALL])).collect()
+    let v = (0..SMALL_N).map(|i| Box::new([i as u8; SMALL])).collect();
+    // Work after the call, so an optimised build cannot make it a tail call (which would
+    // leave this function's frame off the stacks).
+    black_box(v)
 }
 
 #[inline(never)]
