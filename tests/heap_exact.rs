@@ -12,7 +12,7 @@ static ALLOC: heaprof::ProfilingAllocator = heaprof::ProfilingAllocator::system(
 #[inline(never)]
 #[allow(clippy::vec_box)] // the boxes are the allocations under test
 fn site_boxes(n: usize) -> Vec<Box<u64>> {
-    (0..n as u64).map(Box::new).collect()
+    black_box((0..n as u64).map(Box::new).collect())
 }
 
 #[inline(never)]
@@ -123,7 +123,7 @@ fn rate_one_is_exact() {
 #[inline(never)]
 #[allow(clippy::vec_box)]
 fn site_one_size(n: usize) -> Vec<Box<[u8; 40]>> {
-    (0..n).map(|_| Box::new([1u8; 40])).collect()
+    black_box((0..n).map(|_| Box::new([1u8; 40])).collect())
 }
 
 /// Allocates one block of every size from `first` to `last` (kept), all from one call

@@ -9,7 +9,7 @@ static ALLOC: heaprof::ProfilingAllocator = heaprof::ProfilingAllocator::system(
 
 #[inline(never)]
 fn interop_site_alpha() -> Vec<Vec<u8>> {
-    (0..2000).map(|i| vec![i as u8; 1000]).collect()
+    black_box((0..2000).map(|i| vec![i as u8; 1000]).collect())
 }
 
 #[inline(never)]

@@ -16,14 +16,16 @@ const MB: usize = 1_000_000;
 
 #[inline(never)]
 fn build_big_structure() -> Vec<Vec<u8>> {
-    (0..200 * MB / 65_536)
-        .map(|i| vec![i as u8; 65_536])
-        .collect()
+    black_box(
+        (0..200 * MB / 65_536)
+            .map(|i| vec![i as u8; 65_536])
+            .collect(),
+    )
 }
 
 #[inline(never)]
 fn hold_working_set() -> Vec<Vec<u8>> {
-    (0..20 * MB / 4096).map(|i| vec![i as u8; 4096]).collect()
+    black_box((0..20 * MB / 4096).map(|i| vec![i as u8; 4096]).collect())
 }
 
 fn inuse_total(bytes: &[u8]) -> i64 {

@@ -32,7 +32,7 @@ fn churn_deep(depth: usize, size: usize) -> Vec<u8> {
 #[inline(never)]
 #[allow(clippy::vec_box)] // the boxes are the allocations under test
 fn fork_child_site(n: usize) -> Vec<Box<u64>> {
-    (0..n as u64).map(Box::new).collect()
+    black_box((0..n as u64).map(Box::new).collect())
 }
 
 /// What each forked child does: allocate, write the heap profile and a custom profile,

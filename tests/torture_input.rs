@@ -152,7 +152,7 @@ impl Write for FailingWriter {
 
 #[inline(never)]
 fn failing_writer_site() -> Vec<Vec<u8>> {
-    (0..100).map(|i| vec![i as u8; 1000]).collect()
+    black_box((0..100).map(|i| vec![i as u8; 1000]).collect())
 }
 
 #[test]
@@ -199,7 +199,7 @@ fn writer_failing_mid_profile_returns_the_error_and_next_write_works() {
 #[inline(never)]
 #[allow(clippy::vec_box)] // the boxes are the allocations under test
 fn after_flips_site(n: usize) -> Vec<Box<[u8; 48]>> {
-    (0..n).map(|_| Box::new([7u8; 48])).collect()
+    black_box((0..n).map(|_| Box::new([7u8; 48])).collect())
 }
 
 fn rate_flips() {

@@ -114,7 +114,7 @@ fn ten_thousand_short_lived_threads_keep_rss_bounded() {
 #[inline(never)]
 #[allow(clippy::vec_box)] // the boxes are the allocations under test
 fn fresh_thread_site() -> Vec<Box<u64>> {
-    (0..10u64).map(Box::new).collect()
+    black_box((0..10u64).map(Box::new).collect())
 }
 
 fn fresh_threads() {
