@@ -10,34 +10,25 @@ use core::ptr;
 /// The memory is reserved with `MAP_NORESERVE`: pages cost RSS only once touched. Returns
 /// null when the kernel refuses.
 pub fn map_zeroed(len: usize) -> *mut u8 {
+    map_anonymous(len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+/// Reserves `len` bytes of address space, inaccessible until [`commit`]ted: no commit
+/// charge, no resident memory. Returns null when the kernel refuses.
+pub fn reserve(len: usize) -> *mut u8 {
+    map_anonymous(len, libc::PROT_NONE)
+}
+
+/// A fresh private anonymous `MAP_NORESERVE` mapping of `len` bytes with protection `prot`;
+/// null when the kernel refuses.
+fn map_anonymous(len: usize, prot: libc::c_int) -> *mut u8 {
     // SAFETY: an anonymous private mapping at a kernel-chosen address has no preconditions;
     // failure is reported as MAP_FAILED and turned into null.
     let p = unsafe {
         libc::mmap(
             ptr::null_mut(),
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        ptr::null_mut()
-    } else {
-        p.cast()
-    }
-}
-
-/// Reserves `len` bytes of address space, inaccessible until [`commit`]ted: no commit
-/// charge, no resident memory. Returns null when the kernel refuses.
-pub fn reserve(len: usize) -> *mut u8 {
-    // SAFETY: as in `map_zeroed`: a fresh anonymous mapping at a kernel-chosen address.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
+            prot,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
