@@ -314,38 +314,33 @@ mod tests {
 
     #[test]
     fn memo_follows_the_record_of_the_frames() {
-        let read = |_: u64| Some(0u64);
         let mut c = Box::new(SuffixCache::new());
+        // One walk of a single step at frame `ip` on module list `modules`, stored or not:
+        // whether it reused the previous walk.
+        let walk = |c: &mut SuffixCache, modules: usize, ip: usize, stored: bool| {
+            c.begin(modules);
+            let hit = c.step(st(10, ip as u64), 0, |_| Some(0)).is_some();
+            c.finish(&[ip], stored);
+            hit
+        };
         // A stored walk: its memo starts unknown and keeps what the caller sets.
-        c.begin(1);
-        assert!(c.step(st(10, 1), 0, read).is_none());
-        c.finish(&[1], true);
+        assert!(!walk(&mut c, 1, 1, true));
         assert_eq!(c.memo().map(|m| *m), Some(0));
         *c.memo().unwrap() = 42;
         // The same walk again (matched at its first step): the memo comes back.
-        c.begin(1);
-        assert!(c.step(st(10, 1), 0, read).is_some());
-        c.finish(&[1], true);
+        assert!(walk(&mut c, 1, 1, true));
         assert_eq!(c.memo().map(|m| *m), Some(42));
         // A different walk is a new record: unknown again.
-        c.begin(1);
-        assert!(c.step(st(10, 7), 0, read).is_none());
-        c.finish(&[7], true);
+        assert!(!walk(&mut c, 1, 7, true));
         assert_eq!(c.memo().map(|m| *m), Some(0));
         *c.memo().unwrap() = 43;
         // A walk that is not stored has no memo, and leaves the stored one alone.
-        c.begin(1);
-        assert!(c.step(st(10, 8), 0, read).is_none());
-        c.finish(&[8], false);
+        assert!(!walk(&mut c, 1, 8, false));
         assert!(c.memo().is_none());
-        c.begin(1);
-        assert!(c.step(st(10, 7), 0, read).is_some());
-        c.finish(&[7], true);
+        assert!(walk(&mut c, 1, 7, true));
         assert_eq!(c.memo().map(|m| *m), Some(43));
         // Another module list: nothing reused, nothing remembered.
-        c.begin(2);
-        assert!(c.step(st(10, 7), 0, read).is_none());
-        c.finish(&[7], true);
+        assert!(!walk(&mut c, 2, 7, true));
         assert_eq!(c.memo().map(|m| *m), Some(0));
     }
 }
