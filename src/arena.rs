@@ -71,7 +71,7 @@ fn class_of(units: usize) -> Option<usize> {
     let c = if units <= 8 {
         units.checked_sub(1)?
     } else {
-        let k = (usize::BITS - 1 - (units - 1).leading_zeros()) as usize; // units ∈ (2^k, 2^k+1]
+        let k = (usize::BITS - 1 - (units - 1).leading_zeros()) as usize; // units ∈ (2^k, 2^(k+1)]
         let step = 1 << (k - 2);
         (k - 1) * 4 + (units - (1 << k)).div_ceil(step) - 1
     };

@@ -136,7 +136,7 @@ pub const SMALL_PERIOD: usize = TAG_PAGE / 2;
 /// The modulus the tag of alignment `align` is taken in (below [`TAG_PAGE`]).
 #[inline(always)]
 fn period(align: usize) -> usize {
-    if align <= 32 {
+    if align <= TAG_SMALL {
         SMALL_PERIOD
     } else {
         TAG_PAGE
@@ -147,7 +147,7 @@ fn period(align: usize) -> usize {
 /// ([`TAG_SMALL`] or [`TAG`]; `align` itself from [`TAG_PAGE`] up).
 #[inline(always)]
 pub fn offset(align: usize) -> usize {
-    if align <= 32 {
+    if align <= TAG_SMALL {
         TAG_SMALL
     } else if align < TAG_PAGE {
         TAG
