@@ -9,9 +9,9 @@
 //!   arena's range too, and, only while a tagged sampled block lives in the inner
 //!   allocator, 1 in 128 also read 32 bytes from the same page.
 //! - Sampled path: capture the stack (before any shared state is touched), intern it,
-//!   allocate a tagged block (an arena slot, or a padded inner block), count it. Lock-free, never allocates through the global
-//!   allocator; allocations the unwinder makes on first use go to the inner allocator under
-//!   the thread's reentrancy guard.
+//!   allocate a tagged block (an arena slot, or a padded inner block), count it. Lock-free,
+//!   never allocates through the global allocator; allocations the unwinder makes on first
+//!   use go to the inner allocator under the thread's reentrancy guard.
 //! - Nothing here panics or aborts: a failure (tables refused by the OS, tables full,
 //!   inner allocator out of memory) degrades to "not sampled" or to an overflow counter.
 
@@ -445,6 +445,38 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_reused_arena_slot_is_zeroed_for_alloc_zeroed() {
+        // In a child: the rate is process-wide, and the child's arena is its own.
+        let code = crate::fork::test_support::in_child(std::time::Duration::from_secs(30), || {
+            config::set_sample_rate(1);
+            let a = ProfilingAllocator::system();
+            let l = Layout::from_size_align(3000, 8).unwrap();
+            // SAFETY: valid layouts; each block is freed with its own below.
+            unsafe {
+                // Spends any countdown this thread drew at another rate.
+                let big = Layout::from_size_align(1 << 20, 8).unwrap();
+                a.dealloc(a.alloc(big), big);
+                let p = a.alloc(l);
+                assert!(arena::contains(p), "sampled at rate 1, so an arena slot");
+                p.write_bytes(0xab, l.size());
+                a.dealloc(p, l);
+                let z = a.alloc_zeroed(l);
+                assert_eq!(z, p, "the slot just freed comes back");
+                assert!(core::slice::from_raw_parts(z, l.size())
+                    .iter()
+                    .all(|&b| b == 0));
+                a.dealloc(z, l);
+            }
+            0
+        });
+        assert_eq!(
+            code,
+            Some(0),
+            "the child failed (101: a panic; None: a hang)"
+        );
     }
 
     #[test]
