@@ -5,22 +5,24 @@
 //! - Unsampled `alloc`: one read-modify-write of a thread-local word (`sub` to memory) and a
 //!   branch on its flags, then the inner call.
 //! - Unsampled `dealloc`: one test of the pointer's low bits in a register (see `live`), then
-//!   the inner call; about 1 in 64 glibc frees go out of line to test the layout and the
-//!   arena's range too, and, only while a tagged sampled block lives in the inner
-//!   allocator, 1 in 128 also read 32 bytes from the same page.
+//!   the inner call; about 1 in 64 glibc frees go out of line to compare the address with
+//!   heaprof's two reservations (four loads of read-mostly statics). No byte outside the
+//!   block is ever read, and nothing of the block unless it lies in those reservations.
 //! - Sampled path: capture the stack (before any shared state is touched), intern it,
-//!   allocate a tagged block (an arena slot, or a padded inner block), count it. Lock-free,
-//!   never allocates through the global allocator; allocations the unwinder makes on first
-//!   use go to the inner allocator under the thread's reentrancy guard.
-//! - Nothing here panics or aborts: a failure (tables refused by the OS, tables full,
-//!   inner allocator out of memory) degrades to "not sampled" or to an overflow counter.
+//!   place the block in heaprof's own memory (an arena slot, or an extent of the large-block
+//!   region, whose short spin lock is the one lock here), count it. Never allocates through
+//!   the global allocator; allocations the unwinder makes on first use go to the inner
+//!   allocator under the thread's reentrancy guard.
+//! - Nothing here panics or aborts: a failure (tables refused by the OS, tables full, no
+//!   room for the block, inner allocator out of memory) degrades to "not sampled" or to a
+//!   counter shown in the profile's comments.
 
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
 use crate::sampler::{self, Weight};
 use crate::tls::{self, ThreadState};
-use crate::{arena, config, live, peak, tables, unwind};
+use crate::{config, live, peak, tables, unwind};
 
 /// Countdown used while sampling is off, so threads notice a rate change within this many
 /// bytes of allocation.
@@ -55,11 +57,9 @@ impl ProfilingAllocator<System> {
 impl<A: GlobalAlloc> ProfilingAllocator<A> {
     /// A profiling allocator over `inner`; usable in a `static`.
     ///
-    /// Every unsampled request goes to `inner` unchanged. Sampled blocks of alignment ≤ 32
-    /// and up to 80 KiB (about one per 512 KiB allocated at the default rate) live in
-    /// heaprof's own arena of mapped memory instead, so an `inner` that counts or limits
-    /// memory does not see those; larger or more aligned sampled blocks come from `inner`
-    /// with a little padding.
+    /// Every unsampled request goes to `inner` unchanged. Sampled blocks (about one per
+    /// 512 KiB allocated at the default rate) live in memory heaprof maps itself instead, so
+    /// an `inner` that counts or limits memory does not see those.
     pub const fn new(inner: A) -> Self {
         ProfilingAllocator { inner }
     }
@@ -198,64 +198,49 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
         let (_, stack) = unwind::capture_interned(&mut frames, &mut |f| {
             tables::get().map(|t| t.stacks.intern(f))
         });
-        let (Some(t), Some(inner_layout)) = (tables::get(), live::inner_layout(layout)) else {
+        let Some(t) = tables::get() else {
             // SAFETY: forwarded with the caller's valid layout.
             return unsafe { self.inner_alloc(layout, zeroed) };
         };
         // No id only if the walk itself failed (a caught panic): an empty stack, as before.
         let stack = stack.unwrap_or_else(|| t.stacks.intern(&[]));
-        let over = layout.align() >= live::TAG_PAGE;
-        if over && !live::reserve_overaligned() {
-            // SAFETY: as above.
-            return unsafe { self.inner_alloc(layout, zeroed) };
-        }
-        // SAFETY: the caller's layout; `inner_layout` is its padded form.
-        let base = unsafe { self.sampled_block(layout, inner_layout, zeroed) };
-        if base.is_null() {
-            if over {
-                live::unreserve_overaligned();
-            }
-            return base; // out of memory: record nothing
-        }
         let labels = tls::with(|s| s.labels.get());
-        let bucket = t.buckets.find(stack, labels, layout.size() as u64);
-        t.buckets.record_alloc(bucket, layout.size() as u64, w);
-        peak::on_alloc(&t.buckets, t.peak, w.bytes);
-        // SAFETY: `base` is a fresh inner block of `inner_layout`; the reservation for an
-        // over-aligned layout was made above.
-        unsafe { live::tag(base, layout, bucket, w) }
-    }
-
-    /// Memory for a sampled block of `layout`: an arena slot for alignments up to 32 (see
-    /// `arena`), else, or when the arena has none, an inner block of `inner_layout`. Null
-    /// when out of memory.
-    ///
-    /// # Safety
-    /// `layout` as for `GlobalAlloc::alloc`; `inner_layout` = `live::inner_layout(layout)`.
-    unsafe fn sampled_block(&self, layout: Layout, inner_layout: Layout, zeroed: bool) -> *mut u8 {
-        if layout.align() <= live::TAG_SMALL {
-            if let Some((start, fresh)) = arena::alloc(layout.size()) {
-                if zeroed && !fresh {
-                    // SAFETY: the slot holds TAG_SMALL + size bytes and is ours until freed.
-                    unsafe { start.add(live::TAG_SMALL).write_bytes(0, layout.size()) };
-                }
-                return start;
+        let size = layout.size() as u64;
+        let Some(placed) = live::place(layout) else {
+            // Neither the arena nor the large-block region has room: the block goes to the
+            // inner allocator unsampled, and the sample counts as allocated and freed at
+            // once, so the allocated totals stay unbiased (in use misses it; counted).
+            // SAFETY: forwarded with the caller's valid layout.
+            let p = unsafe { self.inner_alloc(layout, zeroed) };
+            if !p.is_null() {
+                let bucket = t.buckets.find(stack, labels, size);
+                t.buckets.record_alloc(bucket, size, w);
+                t.buckets.record_free(bucket, size, w);
             }
+            return p;
+        };
+        if zeroed && placed.dirty > 0 {
+            // SAFETY: the block's first `dirty` (≤ size) bytes are ours: `place` gave them.
+            unsafe { placed.ptr().write_bytes(0, placed.dirty) };
         }
-        // SAFETY: `inner_layout` has non-zero size (it adds the tag offset).
-        unsafe { self.inner_alloc(inner_layout, zeroed) }
+        let bucket = t.buckets.find(stack, labels, size);
+        t.buckets.record_alloc(bucket, size, w);
+        peak::on_alloc(&t.buckets, t.peak, w.bytes);
+        // SAFETY: `placed` is fresh from `place(layout)`.
+        unsafe { live::tag(placed, bucket, w) }
     }
 
-    /// If `ptr` is a sampled block, counts its free, releases it and returns true.
+    /// Counts the free of the sampled block `ptr` and gives its memory back to heaprof's
+    /// reservation it lives in.
     ///
     /// # Safety
-    /// `ptr`/`layout` as for `GlobalAlloc::dealloc`.
+    /// `ptr`/`layout` as for `GlobalAlloc::dealloc`, and `live::is_sampled(ptr)`.
     #[cold]
     #[inline(never)]
-    unsafe fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout) -> bool {
-        // SAFETY: the caller's contract: `ptr` is live and was allocated with `layout`.
-        let Some((h, base)) = (unsafe { live::lookup(ptr, layout, true) }) else {
-            return false;
+    unsafe fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract: `ptr` is a live sampled block of `layout`.
+        let Some(h) = (unsafe { live::free(ptr, layout) }) else {
+            return; // freed twice: ignored (and counted)
         };
         let w = Weight {
             objects_fp: h.objects_fp,
@@ -265,41 +250,22 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
             t.buckets.record_free(h.bucket, layout.size() as u64, w);
             peak::on_free(w.bytes);
         }
-        if arena::contains(base) {
-            // SAFETY: `base` is the slot `sampled_block` took for this size; its owner is
-            // freeing it.
-            unsafe { arena::free(base, layout.size()) };
-            return true;
-        }
-        // `inner_layout` succeeded for this layout when the block was allocated, so it does
-        // again; were it ever not to, leaking the block beats aborting inside `dealloc`.
-        if let Some(inner_layout) = live::inner_layout(layout) {
-            // SAFETY: `base` is the inner block `tag` was given, allocated with `inner_layout`.
-            unsafe { self.inner.dealloc(base, inner_layout) };
-        }
-        true
     }
 
-    /// `dealloc` of a block that may be sampled (at the tag offset, or over-aligned).
+    /// `dealloc` of a block whose address may be a sampled block's: decides by the address
+    /// range, reading nothing of the block unless it is ours.
     ///
     /// # Safety
     /// As for `GlobalAlloc::dealloc`.
     #[cold]
     #[inline(never)]
     unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded under the caller's contract.
-        if Self::needs_lookup(ptr, layout) && unsafe { self.dealloc_sampled(ptr, layout) } {
-            return;
+        if live::is_sampled(ptr) {
+            // SAFETY: forwarded under the caller's contract; the block is ours.
+            return unsafe { self.dealloc_sampled(ptr, layout) };
         }
         // SAFETY: not a sampled block, so it came from `inner` with this layout.
         unsafe { self.inner.dealloc(ptr, layout) }
-    }
-
-    /// Whether `dealloc` must look closer at `ptr`.
-    #[inline(always)]
-    fn needs_lookup(ptr: *mut u8, layout: Layout) -> bool {
-        live::may_be_tagged(ptr, layout.align())
-            || (layout.align() >= live::TAG_PAGE && live::overaligned_live())
     }
 
     /// realloc's slow path: a sampled block is involved (old, new or both), so move.
@@ -329,9 +295,7 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
         } else {
             Decision::Skip
         };
-        // SAFETY: ptr/layout per the caller's contract.
-        let old_sampled = Self::needs_lookup(ptr, layout)
-            && unsafe { live::lookup(ptr, layout, false) }.is_some();
+        let old_sampled = live::may_be_sampled(ptr) && live::is_sampled(ptr);
         let new = match decision {
             // SAFETY: the caller's contract; realloc keeps the block on failure.
             Decision::Skip if !old_sampled => {
@@ -352,11 +316,10 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
     }
 }
 
-// SAFETY: every method forwards to `A`'s method of the same contract, either with the
-// caller's layout or, for sampled blocks, with `live::inner_layout(layout)` whose block
-// contains [base + offset, base + offset + size) at the requested alignment; each sampled
-// block is freed with the same inner layout it was allocated with (recomputed from the
-// same `layout` the caller passes to dealloc).
+// SAFETY: every unsampled request is forwarded to `A`'s method of the same contract with the
+// caller's layout; a sampled block is `layout.size()` bytes at `layout.align()` inside a slot
+// or extent of heaprof's own reservations (`live::place`), which `A` never hands out, so a
+// pointer in them is known to be ours, and every other pointer goes back to `A`.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
     #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -381,10 +344,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
     #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // The common case in one test on a register: a pointer whose address is not 0 or
-        // 32 mod 2048 is neither at a tag offset nor aligned to 4096 or more, so it is not
-        // a sampled block. (1 in 64 of glibc's 16-aligned blocks pass; `dealloc_slow` then
-        // tests the offset for the layout's alignment, and `live::lookup` the arena's range;
-        // a header is read only while tagged sampled blocks live in the inner allocator.)
+        // 32 mod 2048 is not a sampled block. (1 in 64 of glibc's 16-aligned blocks pass;
+        // `dealloc_slow` then checks the address against heaprof's reservations, and reads
+        // nothing of a block that is not in them.)
         if live::may_be_sampled(ptr) {
             // SAFETY: forwarded under the caller's contract.
             return unsafe { self.dealloc_slow(ptr, layout) };
@@ -460,7 +422,10 @@ mod tests {
                 let big = Layout::from_size_align(1 << 20, 8).unwrap();
                 a.dealloc(a.alloc(big), big);
                 let p = a.alloc(l);
-                assert!(arena::contains(p), "sampled at rate 1, so an arena slot");
+                assert!(
+                    crate::arena::contains(p),
+                    "sampled at rate 1, so an arena slot"
+                );
                 p.write_bytes(0xab, l.size());
                 a.dealloc(p, l);
                 let z = a.alloc_zeroed(l);

@@ -1,31 +1,33 @@
 //! The sampled-block arena: address space reserved once, from which sampled blocks of
-//! alignment ≤ 32 and up to [`MAX_BLOCK`] bytes are carved, so that they never enter the
-//! inner allocator's heap.
+//! alignment ≤ 2048 and up to [`MAX_BLOCK`] bytes (a little less for alignments 64 to 2048)
+//! are carved. Larger or more aligned sampled blocks live in the large-block region
+//! (`large_region`); no sampled block ever enters the inner allocator's heap, so `dealloc`
+//! knows them by address (see `live`).
 //!
-//! # Why
-//! A sampled block carries a 32-byte header and must sit at a tagged address (see `live`).
-//! Inside the inner allocator that costs up to 2112 bytes of padding per block, and the
-//! padded request is a size the program itself does not ask for: in glibc it goes through
-//! the regular bins, splits and merges chunks next to the program's own, and, on a heap
-//! that grows and shrinks, lands on freshly faulted pages (about 1 sample in 10 on a
-//! two-thread churn benchmark). Here a slot starts at a multiple of [`UNIT`] (2048) from a
-//! page-aligned base, so the header fills the slot's first 32 bytes and the user's pointer
-//! right after it has the tag with no padding at all; freed slots are reused by the next
-//! sample of their class, on pages that stay mapped.
+//! # Why slots
+//! A sampled block carries a 32-byte header just below it and must sit at an address that
+//! passes `dealloc`'s one-instruction filter (see `live`). A slot starts at a multiple of
+//! [`UNIT`] (2048) from a page-aligned base, so the header fills the slot's first 32 bytes
+//! and the user's pointer right after it passes with no padding at all (alignments 64 to
+//! 2048 start one unit in); freed slots are reused by the next sample of their class, on
+//! pages that stay mapped. (Sampled blocks padded inside glibc's heap, as before this
+//! arena, went through its bins at sizes the program never asks for and, on a heap that
+//! grows and shrinks, landed on freshly faulted pages: about 1 sample in 10 on a two-thread
+//! churn benchmark.)
 //!
 //! # Layout and cost
 //! [`RESERVE_BYTES`] (1 GiB) of address space are reserved `PROT_NONE` when the tables are
 //! created and made writable in [`COMMIT_STEP`] (2 MiB) steps as slots are first handed
-//! out, so commit charge and resident memory follow use. A block takes `32 + size` bytes
-//! rounded up to a class of 1–8 units, then four classes per doubling up to 40 units (at
-//! most 25% over; pages the program never touches stay non-resident). Freed slots go on
-//! their class's free list and are never returned to the OS: the arena keeps the peak of
-//! the sampled blocks' slots. At the default rate a block of `s` bytes is sampled with odds
-//! about `s / 512 KiB`, so that peak is about 12% of a peak heap made of 64 KiB blocks,
-//! 1.6% for 4 KiB blocks (two pages of a 6 KiB slot) and under 0.5% for 1 KiB ones.
-//! Larger or over-aligned blocks, and any sample when the arena is full, refused by the OS
-//! or busy growing, use the padded layout in the inner allocator as before. A side table of
-//! one `u32` per unit (2 MiB) links the free lists.
+//! out, so commit charge and resident memory follow use. A block takes its offset (32, or
+//! 2048 for alignments 64 to 2048) plus its size, rounded up to a class of 1–8 units, then
+//! four classes per doubling up to 40 units (at most 25% over; pages the program never
+//! touches stay non-resident). Freed slots go on their class's free list and are never
+//! returned to the OS: the arena keeps the peak of the sampled blocks' slots. At the
+//! default rate a block of `s` bytes is sampled with odds about `s / 512 KiB`, so that peak
+//! is about 12% of a peak heap made of 64 KiB blocks, 1.6% for 4 KiB blocks (two pages of a
+//! 6 KiB slot) and under 0.5% for 1 KiB ones. When the arena is full, refused by the OS or
+//! busy growing, a sample goes to the large-block region instead. A side table of one
+//! `u32` per unit (2 MiB) links the free lists.
 //!
 //! # Free lists
 //! One lock-free LIFO per class: a head word holding a generation (high 32 bits) and the
@@ -49,8 +51,10 @@ pub const RESERVE_BYTES: usize = 1 << 30;
 pub const COMMIT_STEP: usize = 2 << 20;
 /// Units in the largest class.
 const MAX_UNITS: usize = 40;
-/// The largest block the arena takes.
-pub const MAX_BLOCK: usize = MAX_UNITS * UNIT - TAG_SMALL;
+/// The most bytes a slot holds (a block, its offset and header included).
+pub const MAX_NEED: usize = MAX_UNITS * UNIT;
+/// The largest block of alignment ≤ 32 the arena takes.
+pub const MAX_BLOCK: usize = MAX_NEED - TAG_SMALL;
 /// Number of size classes: 1–8 units, then 10, 12, … four per doubling up to 40.
 const CLASSES: usize = 17;
 const UNITS_TOTAL: usize = RESERVE_BYTES / UNIT;
@@ -78,12 +82,12 @@ fn class_of(units: usize) -> Option<usize> {
     (c < CLASSES).then_some(c)
 }
 
-/// The class of a block of `size` bytes.
-fn class_of_size(size: usize) -> Option<usize> {
-    if size > MAX_BLOCK {
+/// The class of a slot of at least `need` bytes (≥ 1).
+fn class_of_need(need: usize) -> Option<usize> {
+    if need > MAX_NEED {
         return None;
     }
-    class_of((size + TAG_SMALL).div_ceil(UNIT))
+    class_of(need.div_ceil(UNIT))
 }
 
 #[repr(align(64))]
@@ -115,8 +119,11 @@ pub fn init() {
 
 /// Whether `p` lies in the arena.
 #[inline]
-pub fn contains(p: *mut u8) -> bool {
-    (p as usize).wrapping_sub(BASE.load(Ordering::Relaxed)) < LEN.load(Ordering::Relaxed)
+pub fn contains(p: *const u8) -> bool {
+    // LEN first, with acquire: non-zero means BASE (stored before it) is visible too, so a
+    // thread that never synchronised with `init` cannot pair a length with a stale base.
+    let len = LEN.load(Ordering::Acquire);
+    (p as usize).wrapping_sub(BASE.load(Ordering::Relaxed)) < len
 }
 
 /// Bytes of the arena made writable so far.
@@ -211,11 +218,11 @@ fn bump(units: usize) -> Option<usize> {
     }
 }
 
-/// A slot for a sampled block of `size` bytes and alignment ≤ 32: its start (the header
-/// goes there, the block [`TAG_SMALL`] bytes in) and whether it is fresh (all zero). `None`
-/// when the block is too large or the arena cannot supply one.
-pub fn alloc(size: usize) -> Option<(*mut u8, bool)> {
-    let class = class_of_size(size)?;
+/// A slot of at least `need` bytes (a sampled block, its offset and header: see
+/// [`live::offset`](crate::live::offset)): its start and whether it is fresh (all zero).
+/// `None` when `need` is too large or the arena cannot supply one.
+pub fn alloc(need: usize) -> Option<(*mut u8, bool)> {
+    let class = class_of_need(need)?;
     if LEN.load(Ordering::Acquire) == 0 {
         return None;
     }
@@ -229,13 +236,13 @@ pub fn alloc(size: usize) -> Option<(*mut u8, bool)> {
     ))
 }
 
-/// Returns the slot at `start` of a block of `size` bytes to its class.
+/// Returns the slot at `start`, taken for `need` bytes, to its class.
 ///
 /// # Safety
-/// `start` must be a slot [`alloc`]`(size)` returned, not freed since, that no one uses.
-pub unsafe fn free(start: *mut u8, size: usize) {
-    let Some(class) = class_of_size(size) else {
-        return; // unreachable: `alloc` gave this slot for this size
+/// `start` must be a slot [`alloc`]`(need)` returned, not freed since, that no one uses.
+pub unsafe fn free(start: *mut u8, need: usize) {
+    let Some(class) = class_of_need(need) else {
+        return; // unreachable: `alloc` gave this slot for this need
     };
     push(
         class,
@@ -271,28 +278,28 @@ mod tests {
     #[test]
     fn slots_are_tagged_fresh_zero_and_reused_last_in_first_out() {
         in_child(|| {
-            let (a, fresh) = alloc(3000).unwrap();
+            let (a, fresh) = alloc(3032).unwrap();
             assert!(fresh && contains(a));
             let p = a.wrapping_add(TAG_SMALL);
-            assert!(crate::live::may_be_sampled(p) && crate::live::may_be_tagged(p, 16));
+            assert!(crate::live::may_be_sampled(p));
             // SAFETY: the slot is ours: 32 + 3000 bytes, fresh, hence zero and writable.
             unsafe {
                 assert!(core::slice::from_raw_parts(a, 3032).iter().all(|&b| b == 0));
                 a.write_bytes(0xab, 3032);
             }
-            let (b, _) = alloc(3000).unwrap();
+            let (b, _) = alloc(3032).unwrap();
             assert_ne!(a, b);
-            // SAFETY: `a` and `b` came from `alloc(3000)` and are not used any more.
-            unsafe { free(a, 3000) };
-            unsafe { free(b, 3000) };
+            // SAFETY: `a` and `b` came from `alloc(3032)` and are not used any more.
+            unsafe { free(a, 3032) };
+            unsafe { free(b, 3032) };
             // Same class (2 units), so the last freed comes back first, not zeroed.
-            assert_eq!(alloc(4000 - TAG_SMALL), Some((b, false)));
-            assert_eq!(alloc(2100), Some((a, false)));
+            assert_eq!(alloc(4000), Some((b, false)));
+            assert_eq!(alloc(2100 + TAG_SMALL), Some((a, false)));
             // Another class has its own list.
-            let (c, fresh) = alloc(100).unwrap();
+            let (c, fresh) = alloc(132).unwrap();
             assert!(fresh && c != a && c != b);
-            assert!(alloc(MAX_BLOCK).is_some());
-            assert_eq!(alloc(MAX_BLOCK + 1), None);
+            assert!(alloc(MAX_NEED).is_some());
+            assert_eq!(alloc(MAX_NEED + 1), None);
             assert!(!contains(core::ptr::null_mut()));
             assert!(!contains(
                 (BASE.load(Ordering::Relaxed) + RESERVE_BYTES) as *mut u8
@@ -305,7 +312,7 @@ mod tests {
         in_child(|| {
             let mut n = 0;
             let mut last = None;
-            while let Some((s, _)) = alloc(MAX_BLOCK) {
+            while let Some((s, _)) = alloc(MAX_NEED) {
                 n += 1;
                 last = Some(s);
             }
@@ -313,13 +320,13 @@ mod tests {
             assert_eq!(committed(), RESERVE_BYTES);
             let rest = RESERVE_BYTES - n * MAX_UNITS * UNIT;
             let mut small = 0;
-            while alloc(0).is_some() {
+            while alloc(1).is_some() {
                 small += 1;
             }
             assert_eq!(small * UNIT, rest, "the remainder, in one-unit slots");
             // SAFETY: `last` is a slot of this size, not used.
-            unsafe { free(last.unwrap(), MAX_BLOCK) };
-            assert_eq!(alloc(MAX_BLOCK - 1), Some((last.unwrap(), false)));
+            unsafe { free(last.unwrap(), MAX_NEED) };
+            assert_eq!(alloc(MAX_NEED - 1), Some((last.unwrap(), false)));
         });
     }
 
@@ -346,14 +353,14 @@ mod tests {
                                 };
                                 assert!(ok, "slot {s:#x} was written by another thread");
                                 // SAFETY: ours, no longer used.
-                                unsafe { free(s as *mut u8, size) };
+                                unsafe { free(s as *mut u8, size + TAG_SMALL) };
                             } else {
                                 let size = (rng >> 16) as usize
                                     % (if i % 8 == 0 { MAX_BLOCK } else { 6000 });
                                 // None only while another thread is making more of the
                                 // arena writable (`grow` does not wait): a sample would go
                                 // to the inner allocator then.
-                                let Some((s, _)) = alloc(size) else {
+                                let Some((s, _)) = alloc(size + TAG_SMALL) else {
                                     refused += 1;
                                     continue;
                                 };
@@ -387,10 +394,10 @@ mod tests {
         }
         assert_eq!(class_of(0), None);
         assert_eq!(class_of(MAX_UNITS + 1), None);
-        assert_eq!(class_of_size(0), Some(0));
-        assert_eq!(class_of_size(UNIT - TAG_SMALL), Some(0));
-        assert_eq!(class_of_size(UNIT - TAG_SMALL + 1), Some(1));
-        assert_eq!(class_of_size(MAX_BLOCK), Some(CLASSES - 1));
-        assert_eq!(class_of_size(MAX_BLOCK + 1), None);
+        assert_eq!(class_of_need(1), Some(0));
+        assert_eq!(class_of_need(UNIT), Some(0));
+        assert_eq!(class_of_need(UNIT + 1), Some(1));
+        assert_eq!(class_of_need(MAX_NEED), Some(CLASSES - 1));
+        assert_eq!(class_of_need(MAX_NEED + 1), None);
     }
 }

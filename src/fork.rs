@@ -32,10 +32,12 @@ extern "C" fn prepare() {
     let _guard = crate::tls::ProfilerGuard::enter();
     crate::custom::fork_prepare();
     crate::symbolize::fork_prepare();
+    crate::large_region::fork_prepare();
 }
 
 extern "C" fn parent() {
     let _guard = crate::tls::ProfilerGuard::enter();
+    crate::large_region::fork_release();
     crate::symbolize::fork_release();
     crate::custom::fork_release();
 }
@@ -46,6 +48,7 @@ extern "C" fn child() {
     crate::arena::after_fork_child();
     crate::threadcreate::after_fork_child();
     crate::unwind::after_fork_child();
+    crate::large_region::fork_release();
     crate::symbolize::fork_release();
     crate::custom::fork_release();
 }

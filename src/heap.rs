@@ -56,8 +56,10 @@ struct Stats {
     buckets_used: usize,
     buckets_capacity: usize,
     buckets_overflowed: u64,
-    overaligned_skipped: u64,
     arena_committed: usize,
+    /// (bytes live blocks may have touched, bytes retained, blocks refused).
+    large: (usize, usize, u64),
+    invalid_frees: u64,
 }
 
 impl Stats {
@@ -81,10 +83,6 @@ impl Stats {
                 self.buckets_overflowed.to_string(),
             ),
             (
-                "heaprof.overaligned_unsampled",
-                self.overaligned_skipped.to_string(),
-            ),
-            (
                 "heaprof.arena_committed",
                 format!(
                     "{} of {}",
@@ -92,6 +90,17 @@ impl Stats {
                     crate::arena::RESERVE_BYTES
                 ),
             ),
+            (
+                "heaprof.large_region",
+                format!(
+                    "{} live, {} retained, of {} reserved",
+                    self.large.0,
+                    self.large.1,
+                    crate::large_region::reserved()
+                ),
+            ),
+            ("heaprof.samples_without_room", self.large.2.to_string()),
+            ("heaprof.invalid_frees", self.invalid_frees.to_string()),
         ]
     }
 }
@@ -104,8 +113,9 @@ fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
         buckets_used: 0,
         buckets_capacity: 0,
         buckets_overflowed: 0,
-        overaligned_skipped: live::overaligned_skipped(),
         arena_committed: crate::arena::committed(),
+        large: crate::large_region::stats(),
+        invalid_frees: live::invalid_frees(),
     };
     let Some(t) = tables::get_if_created() else {
         return (Vec::new(), stats);

@@ -35,11 +35,11 @@
 //! - The stack and bucket tables have fixed capacities ([`set_table_capacity`], before the
 //!   first sample); what does not fit is counted under the pseudo-frame
 //!   `heaprof::table_overflow`, never lost silently.
-//! - A sampled block takes a slot of at least 2 KiB in heaprof's own arena (1 GiB of
-//!   address space reserved, committed as used; freed slots are reused, not returned to the
-//!   OS), or, when larger than 80 KiB or aligned to 64 or more, up to 2112 extra bytes (4160)
-//!   in the inner allocator: well under 1% of the heap at the default rate, a lot at rates
-//!   of a few KiB.
+//! - A sampled block lives in memory heaprof maps itself: a slot of at least 2 KiB in its
+//!   arena (1 GiB of address space reserved, committed as used; freed slots are reused, not
+//!   returned to the OS), or, when larger than 80 KiB or aligned to 4096 or more, the pages
+//!   it touches in the large-block region (freed pages beyond 64 MiB go back to the OS):
+//!   well under 1% of the heap at the default rate, a lot at rates of a few KiB.
 //! - Rate changes apply at once on the calling thread and at the next sample elsewhere.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -60,6 +60,7 @@ mod heap;
 #[cfg(feature = "http")]
 pub mod http;
 mod labels;
+mod large_region;
 mod live;
 mod once;
 mod peak;
@@ -146,6 +147,9 @@ pub mod __private {
     pub use crate::arena::{MAX_BLOCK as ARENA_MAX_BLOCK, RESERVE_BYTES as ARENA_BYTES};
     pub use crate::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
     pub use crate::fork::test_support::{in_child, wait_child};
+    pub use crate::large_region::{
+        limit as limit_large_region, RETAIN_BYTES as LARGE_RETAIN_BYTES,
+    };
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};

@@ -52,6 +52,75 @@ pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
     unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
 }
 
+/// Makes `len` bytes at `p` inaccessible again and gives their memory and commit charge back
+/// to the OS (a fresh `PROT_NONE` mapping over them). Failure leaves them as they were.
+///
+/// # Safety
+/// `[p, p + len)` must be page-aligned, inside a range the caller mapped, and unused.
+pub unsafe fn decommit(p: *mut u8, len: usize) {
+    // SAFETY: per the contract the range is the caller's own and unused; MAP_FIXED replaces
+    // exactly those pages and nothing else.
+    unsafe {
+        libc::mmap(
+            p.cast(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+}
+
+/// Gives the memory of `len` bytes at `p` back to the OS; they stay mapped and read as zero
+/// (`madvise(MADV_DONTNEED)` on private anonymous memory).
+///
+/// # Safety
+/// `[p, p + len)` must be page-aligned, inside a private anonymous mapping the caller made,
+/// and unused.
+pub unsafe fn discard(p: *mut u8, len: usize) {
+    // SAFETY: per the contract the range is the caller's own and unused; its contents may
+    // be dropped.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) };
+}
+
+/// Unmaps `len` bytes at `p`.
+///
+/// # Safety
+/// `[p, p + len)` must be a mapping the caller made and no one uses.
+pub unsafe fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: per the contract.
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
+/// Whether the kernel accounts every writable private page strictly
+/// (`vm.overcommit_memory` = 2), where `MAP_NORESERVE` is ignored. Reads the file with plain
+/// system calls into a stack buffer: never allocates.
+pub fn overcommit_is_strict() -> bool {
+    let mut buf = [0u8; 4];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/sys/vm/overcommit_memory".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is open.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    n > 0 && buf[0] == b'2'
+}
+
+/// Gives up the CPU (`sched_yield`), for a spin loop whose lock holder may be preempted.
+pub fn yield_now() {
+    // SAFETY: no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
 /// Reads an environment variable as raw bytes without allocating.
 ///
 /// Returns `None` when unset. The slice borrows the process environment: callers copy or

@@ -80,6 +80,7 @@ pub fn get() -> Option<&'static Tables> {
             let buckets = map_slice::<Bucket>(buckets + 1)?;
             crate::live::init_secret();
             crate::arena::init();
+            crate::large_region::init();
             Some(Tables {
                 stacks: StackTable::new(stacks),
                 buckets: BucketTable::new(index, buckets, counters),

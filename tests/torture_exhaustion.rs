@@ -1,5 +1,5 @@
-//! Exhaustion: the over-aligned live set full, the sampled-block arena full, an inner
-//! allocator that returns null, and sizes near `isize::MAX`. (Full stack and bucket tables: `heap_overflow.rs`.)
+//! Exhaustion: many over-aligned blocks, the sampled-block arena full, the large-block
+//! region full, an inner allocator that returns null, and sizes near `isize::MAX`. (Full stack and bucket tables: `heap_overflow.rs`.)
 //! Each case runs in a child process under a timeout.
 
 mod common;
@@ -81,13 +81,13 @@ fn rate_one() {
 }
 
 #[inline(never)]
-fn overaligned_site(n: usize) -> Vec<*mut u8> {
-    let l = Layout::from_size_align(64, 4096).unwrap();
+fn overaligned_site(n: usize, align: usize) -> Vec<*mut u8> {
+    let l = Layout::from_size_align(64, align).unwrap();
     (0..n)
         .map(|i| {
             // SAFETY: valid non-zero layout; freed by the caller.
             let p = unsafe { alloc(l) };
-            assert!(!p.is_null() && p as usize % 4096 == 0);
+            assert!(!p.is_null() && p as usize % align == 0, "{l:?}: {p:?}");
             // SAFETY: 64 writable bytes.
             unsafe { p.write_bytes(i as u8, 64) };
             p
@@ -95,21 +95,10 @@ fn overaligned_site(n: usize) -> Vec<*mut u8> {
         .collect()
 }
 
-fn overaligned_full() {
-    rate_one();
-    let l = Layout::from_size_align(64, 4096).unwrap();
-    // The set takes 3/4 of its 4096 slots; 5000 live blocks overflow it by 1928.
-    let blocks = overaligned_site(5000);
-    let p = profile();
-    assert_eq!(
-        comment(&p, "heaprof.overaligned_unsampled"),
-        "heaprof.overaligned_unsampled: 1928"
-    );
-    let t = common::totals_by_site(&p, &["overaligned_site"]);
-    // 3072 sampled blocks of 64 bytes plus the Vec of 5000 pointers.
-    assert_eq!(t["overaligned_site"][3], 3072 * 64 + 5000 * 8);
+fn check_and_free(blocks: Vec<*mut u8>, align: usize) {
+    let l = Layout::from_size_align(64, align).unwrap();
     for (i, &b) in blocks.iter().enumerate() {
-        // SAFETY: allocated above with `l`; the contents were written there.
+        // SAFETY: allocated with `l`; the contents were written there.
         unsafe {
             assert!(std::slice::from_raw_parts(b, 64)
                 .iter()
@@ -117,28 +106,54 @@ fn overaligned_full() {
             dealloc(b, l);
         }
     }
-    drop(blocks);
-    // Room again: new blocks are sampled, nothing more is skipped.
-    let again = overaligned_site(10);
-    let p = profile();
-    assert_eq!(
-        comment(&p, "heaprof.overaligned_unsampled"),
-        "heaprof.overaligned_unsampled: 1928"
-    );
-    let t = common::totals_by_site(&p, &["overaligned_site"]);
-    assert_eq!(t["overaligned_site"][3], 10 * 64 + 10 * 8);
-    for b in again {
-        // SAFETY: allocated with `l`.
-        unsafe { dealloc(b, l) };
+}
+
+/// Every over-aligned block is sampled and tracked exactly, however many live at once, and
+/// alignments of 2^32 and more come back aligned and are freed where they were allocated.
+fn overaligned_all() {
+    rate_one();
+    let blocks = overaligned_site(5000, 4096);
+    let t = common::totals_by_site(&profile(), &["overaligned_site"]);
+    assert_eq!(t["overaligned_site"][2..], [5001, 5000 * 64 + 5000 * 8]);
+    check_and_free(blocks, 4096);
+    for round in 0..3 {
+        for align in [1usize << 32, 1 << 33] {
+            let blocks = overaligned_site(2, align);
+            let t = common::totals_by_site(&profile(), &["overaligned_site"]);
+            assert_eq!(t["overaligned_site"][3], 2 * 64 + 2 * 8, "round {round}");
+            check_and_free(blocks, align);
+            let l = Layout::from_size_align(64, align).unwrap();
+            // SAFETY: valid layout; the block is checked, grown, checked and freed.
+            unsafe {
+                let z = std::alloc::alloc_zeroed(l);
+                assert!(!z.is_null() && z as usize % align == 0);
+                assert!(std::slice::from_raw_parts(z, 64).iter().all(|&x| x == 0));
+                z.write_bytes(7, 64);
+                let g = realloc(z, l, 5000);
+                assert!(!g.is_null() && g as usize % align == 0);
+                assert!(std::slice::from_raw_parts(g, 64).iter().all(|&x| x == 7));
+                dealloc(g, Layout::from_size_align(5000, align).unwrap());
+            }
+        }
     }
+    let p = profile();
+    let t = common::totals_by_site(&p, &["overaligned_site"]);
+    assert_eq!(t["overaligned_site"][2..], [0, 0], "all freed");
+    assert_eq!(
+        comment(&p, "heaprof.invalid_frees"),
+        "heaprof.invalid_frees: 0"
+    );
+    assert_eq!(
+        comment(&p, "heaprof.samples_without_room"),
+        "heaprof.samples_without_room: 0"
+    );
 }
 
 #[test]
-fn overaligned_set_full_counts_and_degrades() {
-    run_case_ok(RUNNER, "overaligned_full", &[], T);
+fn overaligned_blocks_are_all_tracked_and_huge_alignments_hold() {
+    run_case_ok(RUNNER, "overaligned_all", &[], T);
 }
 
-/// Aligned to 64, so sampled blocks come from the inner allocator, not the arena.
 fn null_layout() -> Layout {
     Layout::from_size_align(40, 64).unwrap()
 }
@@ -159,16 +174,18 @@ fn null_site(n: usize, out: &mut Vec<*mut u8>) -> usize {
     nulls
 }
 
+/// Unsampled, an inner allocator's null reaches the caller and a failed realloc keeps the
+/// block; sampled blocks never come from the inner allocator, so its failures cannot touch
+/// them.
 #[inline(never)] // a site of its own (its reallocs are charged to it)
 fn inner_null() {
-    rate_one();
     let mut kept = Vec::with_capacity(3000);
-    black_box(null_site(1, &mut kept)); // warm up: this thread's first capture allocates
+    heaprof::set_sample_rate(1 << 40); // in effect nothing is sampled
+    black_box(vec![0u8; 1 << 20]);
     let l = null_layout();
     FLAKY_HERE.set(true);
     FAIL_EVERY.store(3, Ordering::Relaxed);
-    let nulls = null_site(2999, &mut kept);
-    // A sampled realloc whose inner allocation fails keeps the old block.
+    let nulls = null_site(3000, &mut kept);
     let mut re_nulls = 0;
     for p in kept.iter_mut().take(300) {
         // SAFETY: `p` is live with layout `l`.
@@ -184,22 +201,29 @@ fn inner_null() {
         }
     }
     FAIL_EVERY.store(0, Ordering::Relaxed);
+    FLAKY_HERE.set(false);
     assert!(
-        nulls > 500 && re_nulls > 0,
+        (900..=1100).contains(&nulls) && re_nulls > 0,
         "nulls {nulls}, realloc nulls {re_nulls}"
     );
-    let p = profile();
-    // Blocks moved by realloc are charged to `inner_null` (the realloc site), which also
-    // holds `kept` (one block of 3000 pointers).
-    let t = common::totals_by_site(&p, &["null_site", "inner_null"]);
-    let live = kept.len() as i64;
-    let (a, b) = (&t["null_site"], &t["inner_null"]);
+    for p in kept.drain(..) {
+        // SAFETY: live with layout `l`.
+        unsafe { dealloc(p, l) };
+    }
+    // Sampled: every call to the inner allocator would fail, and none is made.
+    rate_one();
+    FLAKY_HERE.set(true);
+    FAIL_EVERY.store(1, Ordering::Relaxed);
+    let nulls = null_site(2000, &mut kept);
+    FAIL_EVERY.store(0, Ordering::Relaxed);
+    FLAKY_HERE.set(false);
+    assert_eq!(nulls, 0);
+    let t = common::totals_by_site(&profile(), &["null_site"]);
     assert_eq!(
-        a[2] + b[2],
-        live + 1,
-        "in-use objects = successful allocations"
+        t["null_site"][2..],
+        [2000, 2000 * 40],
+        "every block sampled"
     );
-    assert_eq!(a[3] + b[3], live * 40 + 3000 * 8, "in-use bytes");
     for p in kept {
         // SAFETY: live with layout `l`.
         unsafe { dealloc(p, l) };
@@ -231,7 +255,7 @@ fn arena_site(n: usize, size: usize) -> Vec<*mut u8> {
 fn arena_full() {
     rate_one();
     let size = heaprof::__private::ARENA_MAX_BLOCK;
-    // One more than fits in the whole arena: the last ones must go to the inner allocator.
+    // More than fit in the whole arena: the last ones go to the large-block region.
     let n = heaprof::__private::ARENA_BYTES / (size + 32) + 100;
     let blocks = arena_site(n, size);
     let p = profile();
@@ -245,6 +269,10 @@ fn arena_full() {
     );
     let t = common::totals_by_site(&p, &["arena_site"]);
     // Every block, wherever it lives, plus the Vec of pointers.
+    assert_eq!(
+        comment(&p, "heaprof.samples_without_room"),
+        "heaprof.samples_without_room: 0"
+    );
     assert_eq!(t["arena_site"][2], n as i64 + 1);
     assert_eq!(t["arena_site"][3], (n * size + n * 8) as i64);
     let l = Layout::from_size_align(size, 8).unwrap();
@@ -269,12 +297,70 @@ fn arena_full() {
 }
 
 #[test]
-fn arena_full_degrades_to_the_inner_allocator() {
+fn arena_full_overflows_into_the_large_region() {
     run_case_ok(RUNNER, "arena_full", &[], T);
 }
 
+#[inline(never)]
+fn no_room_site(n: usize, size: usize) -> Vec<*mut u8> {
+    let l = Layout::from_size_align(size, 8).unwrap();
+    (0..n)
+        .map(|i| {
+            // SAFETY: valid non-zero layout; freed by the caller.
+            let p = unsafe { alloc(l) };
+            assert!(!p.is_null());
+            // SAFETY: `size` writable bytes; only the first page is touched.
+            unsafe { p.write(i as u8) };
+            p
+        })
+        .collect()
+}
+
+/// With the large-block region full, samples go to the inner allocator unkept: counted,
+/// their allocation still in the allocated totals, nothing lost or corrupted.
+fn no_room() {
+    heaprof::__private::limit_large_region(1 << 30);
+    rate_one();
+    let p = profile();
+    let region = comment(&p, "heaprof.large_region");
+    assert!(region.ends_with("of 1073741824 reserved"), "{region}");
+    let size = 100 << 20; // 128 MiB extents: at most 8 fit in 1 GiB
+    let blocks = no_room_site(12, size);
+    let p = profile();
+    let c = comment(&p, "heaprof.samples_without_room");
+    let k: i64 = c.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((4..=12).contains(&k), "{c}");
+    let t = common::totals_by_site(&p, &["no_room_site"]);
+    let s = size as i64;
+    assert_eq!(
+        t["no_room_site"],
+        [13, 12 * s + 12 * 8, 13 - k, (12 - k) * s + 12 * 8]
+    );
+    let l = Layout::from_size_align(size, 8).unwrap();
+    for (i, &b) in blocks.iter().enumerate() {
+        // SAFETY: allocated above with `l`; the first byte was written there.
+        unsafe {
+            assert_eq!(b.read(), i as u8);
+            dealloc(b, l);
+        }
+    }
+    drop(blocks);
+    let p = profile();
+    let t = common::totals_by_site(&p, &["no_room_site"]);
+    assert_eq!(t["no_room_site"][2..], [0, 0], "all freed");
+    assert_eq!(
+        comment(&p, "heaprof.invalid_frees"),
+        "heaprof.invalid_frees: 0"
+    );
+}
+
 #[test]
-fn inner_allocator_null_is_returned_and_nothing_is_recorded() {
+fn large_region_full_keeps_allocated_totals() {
+    run_case_ok(RUNNER, "no_room", &[], T);
+}
+
+#[test]
+fn inner_allocator_null_is_returned_and_sampled_blocks_never_use_it() {
     run_case_ok(RUNNER, "inner_null", &[], T);
 }
 
@@ -329,7 +415,8 @@ fn huge_sizes_return_null_without_records() {
 fn child_entry() {
     match torture_util::case().as_deref() {
         None => {}
-        Some("overaligned_full") => overaligned_full(),
+        Some("overaligned_all") => overaligned_all(),
+        Some("no_room") => no_room(),
         Some("inner_null") => inner_null(),
         Some("arena_full") => arena_full(),
         Some("huge") => huge(),
