@@ -4,7 +4,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HEAPROF_RATE` | mean bytes between samples; `0` off, `1` every allocation; suffixes `k`, `KiB`, `m`, `MiB` | 524288 |
+//! | `HEAPROF_RATE` | mean bytes between samples; `0` off, `1` every allocation; suffixes `k`, `KiB`, `m`, `MiB`; at most [`MAX_SAMPLE_RATE`] | 524288 |
 //! | `HEAPROF_SEED` | seed of the sampler, for reproducible runs | time and pid |
 //! | `HEAPROF_STACKS` | capacity of the stack table (distinct stacks) | 16384 |
 //! | `HEAPROF_BUCKETS` | capacity of the heap bucket table ((stack, size) pairs) | 65536 |
@@ -17,6 +17,13 @@ use crate::sys;
 
 /// Go's `MemProfileRate` default: one sample per 512 KiB allocated, on average.
 pub const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
+
+/// The largest sampling rate, 16 GiB: larger rates (from [`crate::set_sample_rate`] or
+/// `HEAPROF_RATE`) are clamped to it. It keeps the arithmetic of weights, counters and the
+/// peak test far from overflow (a sample's weight is at most this many bytes, or its own
+/// size), and it is 1/64 of the sampler's countdown bound, so the exponential draw is not
+/// distorted by that bound (a draw above it has probability e^-64).
+pub const MAX_SAMPLE_RATE: usize = 1 << 34;
 
 const UNSET: usize = usize::MAX;
 static RATE: AtomicUsize = AtomicUsize::new(UNSET);
@@ -98,16 +105,18 @@ fn rate_from_env() -> usize {
             );
             DEFAULT_SAMPLE_RATE
         }),
-    };
+    }
+    .min(MAX_SAMPLE_RATE);
     match RATE.compare_exchange(UNSET, rate, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => rate,
         Err(set_meanwhile) => set_meanwhile,
     }
 }
 
-/// Sets the sampling rate; takes effect for each thread at its next sample.
+/// Sets the sampling rate, clamped to [`MAX_SAMPLE_RATE`]; takes effect for each thread at
+/// its next sample.
 pub fn set_sample_rate(bytes: usize) {
-    RATE.store(bytes.min(UNSET - 1), Ordering::Relaxed);
+    RATE.store(bytes.min(MAX_SAMPLE_RATE), Ordering::Relaxed);
 }
 
 /// The process seed of the sampler: `HEAPROF_SEED`, else one set by

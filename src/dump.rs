@@ -39,7 +39,7 @@ pub(crate) use signal::parse as parse_signal;
 #[derive(Clone, Debug)]
 pub struct DumpConfig {
     /// The signal that triggers a dump: `SIGUSR1`, `SIGUSR2`, `SIGHUP`, `SIGWINCH` or a
-    /// real-time signal. Default `SIGUSR1`.
+    /// real-time signal other than `SIGRTMIN+5` (the `threads` profile's). Default `SIGUSR1`.
     pub signal: i32,
     /// Directory the files go to; relative paths are taken from the working directory at
     /// the call. Default: the working directory.
@@ -233,11 +233,8 @@ pub fn dump_on_signal(config: DumpConfig) -> Result<DumpHandle, Error> {
 }
 
 fn validate(config: DumpConfig) -> Result<(DumpHandle, Vec<Profile>), Error> {
-    if !signal::is_allowed(config.signal) {
-        return Err(Error::InvalidConfig(format!(
-            "signal {} is not allowed for dumps (use SIGUSR1, SIGUSR2, SIGHUP, SIGWINCH or a real-time signal)",
-            config.signal
-        )));
+    if let Some(why) = signal::refusal(config.signal, &config.signal.to_string()) {
+        return Err(Error::InvalidConfig(why));
     }
     if !valid_component(&config.prefix) {
         return Err(Error::InvalidConfig(format!(

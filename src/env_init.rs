@@ -12,7 +12,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `HEAPROF_DUMP_SIGNAL` | `USR1`, `USR2`, `HUP`, `WINCH`, `RTMIN+N` or a number: enables signal dumps |
+//! | `HEAPROF_DUMP_SIGNAL` | `USR1`, `USR2`, `HUP`, `WINCH`, `RTMIN+N` (not `RTMIN+5`, the `threads` profile's) or a number: enables signal dumps |
 //! | `HEAPROF_DUMP_DIR` | directory for signal dumps (default: working directory) |
 //! | `HEAPROF_DUMP_PREFIX` | file name prefix (default: program name) |
 //! | `HEAPROF_DUMP_PROFILES` | comma-separated profile names (default `heap`) |

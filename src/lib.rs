@@ -79,7 +79,7 @@ mod tls;
 mod unwind;
 
 pub use alloc::ProfilingAllocator;
-pub use config::DEFAULT_SAMPLE_RATE;
+pub use config::{DEFAULT_SAMPLE_RATE, MAX_SAMPLE_RATE};
 pub use cpu::{
     cpu_profile_rate, set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile,
     stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
@@ -94,7 +94,8 @@ pub use report::top_table;
 pub use report::{read_profile, ProfileData, SampleType, StackSample};
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
-/// sampling off, `1` records every allocation. The calling thread switches at once (its
+/// sampling off, `1` records every allocation; rates above [`MAX_SAMPLE_RATE`] (16 GiB)
+/// are clamped to it. The calling thread switches at once (its
 /// countdown is redrawn at its next allocation); every other thread at its next sample.
 /// Samples already taken keep the weight of the rate they were taken at.
 pub fn set_sample_rate(bytes: usize) {
