@@ -1,6 +1,6 @@
-//! Run-time configuration: the sampling rate, the sampler seed and table capacities, read
-//! from `HEAPROF_*` environment variables once, without allocating (the first read happens
-//! inside the allocator).
+//! Run-time configuration: the sampling rate, the sampler seed and table capacities, from
+//! the `HEAPROF_*` environment variables as they were at process start (`env`), without
+//! allocating (the first read happens inside the allocator).
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -13,7 +13,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::sys;
+use crate::{env, sys};
 
 /// Go's `MemProfileRate` default: one sample per 512 KiB allocated, on average.
 pub const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
@@ -63,11 +63,12 @@ fn warn_invalid(var: &[u8], value: &[u8], default: &[u8]) {
     ]);
 }
 
-/// Reads a count from the environment variable `var` (same syntax as [`parse_bytes`]),
-/// `default` when unset; a value outside `min..=max` or unparsable warns and gives
-/// `default`. Never allocates.
+/// Reads a count from the environment variable `var` (same syntax as [`parse_bytes`]; its
+/// value at process start), `default` when unset; a value outside `min..=max` or
+/// unparsable warns and gives `default`. Never allocates.
 pub fn env_count(var: &core::ffi::CStr, default: usize, min: usize, max: usize) -> usize {
-    match sys::getenv_bytes(var) {
+    let value = var.to_str().ok().and_then(env::get);
+    match value {
         None => default,
         Some(v) => match parse_bytes(v) {
             Some(n) if (min..=max).contains(&n) => n,
@@ -95,7 +96,7 @@ pub fn sample_rate() -> usize {
 
 #[cold]
 fn rate_from_env() -> usize {
-    let rate = match sys::getenv_bytes(c"HEAPROF_RATE") {
+    let rate = match env::get("HEAPROF_RATE") {
         None => DEFAULT_SAMPLE_RATE,
         Some(v) => parse_bytes(v).unwrap_or_else(|| {
             warn_invalid(
@@ -125,7 +126,7 @@ pub fn process_seed() -> u64 {
     if SEED_SET.load(Ordering::Acquire) {
         return SEED.load(Ordering::Relaxed);
     }
-    let seed = match sys::getenv_bytes(c"HEAPROF_SEED").map(|v| (v, parse_bytes(v))) {
+    let seed = match env::get("HEAPROF_SEED").map(|v| (v, parse_bytes(v))) {
         Some((_, Some(s))) => s as u64,
         Some((v, None)) => {
             warn_invalid(b"HEAPROF_SEED", v, b"not a number; using a random seed");

@@ -53,6 +53,7 @@ mod count;
 mod cpu;
 mod custom;
 mod dump;
+mod env;
 mod env_init;
 mod error;
 mod fork;
