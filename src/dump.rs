@@ -183,6 +183,20 @@ pub fn dump_stats() -> Option<DumpStats> {
 }
 
 static INSTALLED: Mutex<Option<DumpHandle>> = Mutex::new(None);
+static INSTALLED_FORK: crate::fork::HeldAcrossFork<Option<DumpHandle>> =
+    crate::fork::HeldAcrossFork::new();
+
+/// Fork prepare: waits for a `dump_on_signal` in progress and holds its lock across the
+/// fork. (The child keeps the parent's handle: its dump thread is not there, so the child
+/// does not dump; see the crate's limits.)
+pub(crate) fn fork_prepare() {
+    INSTALLED_FORK.hold(&INSTALLED);
+}
+
+/// Fork parent and child: releases the lock.
+pub(crate) fn fork_release() {
+    INSTALLED_FORK.release();
+}
 
 /// Writes the configured profiles on every `config.signal`, like a `SIGUSR1`-triggered
 /// `WriteHeapProfile`, from a thread of its own.
@@ -208,6 +222,7 @@ static INSTALLED: Mutex<Option<DumpHandle>> = Mutex::new(None);
 /// # Ok::<(), heaprof::Error>(())
 /// ```
 pub fn dump_on_signal(config: DumpConfig) -> Result<DumpHandle, Error> {
+    crate::fork::ensure_registered();
     let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = installed.as_ref() {
         return Err(Error::InvalidConfig(format!(

@@ -104,6 +104,12 @@ fn take(fill: impl FnOnce(&mut Values)) {
     });
 }
 
+/// In a forked child: a snapshot the fork interrupted on another thread (only possible when
+/// it is taken lazily) is taken again from the child's environment.
+pub fn after_fork_child() {
+    TAKEN.reset_after_fork();
+}
+
 /// The value `name` (one of [`NAMES`]) had at process start; `None` when it was not set.
 /// Takes the snapshot from `getenv` if the load-time constructor has not. Never allocates.
 pub fn get(name: &str) -> Option<&'static [u8]> {

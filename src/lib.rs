@@ -62,6 +62,7 @@ mod heap;
 pub mod http;
 mod labels;
 mod live;
+mod lock_order;
 mod once;
 mod peak;
 mod pprof;
@@ -148,6 +149,7 @@ pub mod __private {
     pub use crate::arena::{MAX_BLOCK as ARENA_MAX_BLOCK, RESERVE_BYTES as ARENA_BYTES};
     pub use crate::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
     pub use crate::fork::test_support::{in_child, wait_child};
+    pub use crate::lock_order::test_support::{hold as fork_hold, names as fork_protocol};
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};

@@ -93,6 +93,18 @@ pub fn on_alloc(buckets: &BucketTable, slots: &[PeakSlot], bytes_w: u64) {
     SNAPSHOTTING.store(false, Ordering::Release);
 }
 
+/// In a forked child: a snapshot the fork interrupted on another thread never finishes, and
+/// its flag would stop every later one (`heap_peak` frozen). The half-written snapshot is
+/// overwritten by the child's next one.
+pub fn after_fork_child() {
+    SNAPSHOTTING.store(false, Ordering::Relaxed);
+}
+
+/// Tests of the fork protocol: raises or lowers the flag as a snapshotting thread would.
+pub fn hold_for_test(held: bool) {
+    SNAPSHOTTING.store(held, Ordering::Release);
+}
+
 /// Counts the free of a sampled block of estimated `bytes_w`.
 pub fn on_free(bytes_w: u64) {
     let w = i64::try_from(bytes_w).unwrap_or(i64::MAX);
