@@ -276,6 +276,25 @@ mod tests {
     }
 
     #[test]
+    fn child_forked_while_another_thread_grows_can_grow() {
+        in_child(|| {
+            crate::fork::ensure_registered();
+            // As a thread inside `grow` leaves it when the process forks.
+            GROWING.store(true, Ordering::Release);
+            let code = crate::fork::test_support::in_child(Duration::from_secs(20), || {
+                let end = COMMITTED.load(Ordering::Relaxed) + COMMIT_STEP;
+                if grow(end) && COMMITTED.load(Ordering::Relaxed) >= end {
+                    0
+                } else {
+                    1
+                }
+            });
+            assert_eq!(code, Some(0), "the child could not grow the arena");
+            GROWING.store(false, Ordering::Release);
+        });
+    }
+
+    #[test]
     fn slots_are_tagged_fresh_zero_and_reused_last_in_first_out() {
         in_child(|| {
             let (a, fresh) = alloc(3032).unwrap();

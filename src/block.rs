@@ -35,6 +35,18 @@ static RATE: AtomicU64 = AtomicU64::new(0);
 
 /// (count, delay ns) per stack id of the shared stack table.
 static RECORDS: Mutex<BTreeMap<u32, (f64, u64)>> = Mutex::new(BTreeMap::new());
+static RECORDS_FORK: crate::fork::HeldAcrossFork<BTreeMap<u32, (f64, u64)>> =
+    crate::fork::HeldAcrossFork::new();
+
+/// Fork prepare: waits for a record or a copy in progress and holds the lock across the fork.
+pub(crate) fn fork_prepare() {
+    RECORDS_FORK.hold(&RECORDS);
+}
+
+/// Fork parent and child: releases the lock.
+pub(crate) fn fork_release() {
+    RECORDS_FORK.release();
+}
 
 thread_local! {
     /// Per-thread xorshift state for the sampling draw; 0 = not seeded yet.
@@ -90,6 +102,7 @@ pub fn record(delay_ns: u64, rate_ns: u64) {
         return;
     };
     let _guard = tls::ProfilerGuard::enter();
+    crate::fork::ensure_registered();
     let mut frames = [0usize; MAX_DEPTH];
     let n = unwind::capture(&mut frames);
     let id = tables::get().map_or(OVERFLOW_STACK, |t| t.stacks.intern(&frames[..n]));

@@ -291,15 +291,19 @@ impl BucketTable {
             class: b.class.load(Ordering::Relaxed),
             ..BucketSnapshot::default()
         };
+        // Saturating: shards each near u64::MAX (heavily weighted samples over a long life)
+        // must not panic here, inside the allocator's peak snapshot.
+        let add =
+            |sum: &mut u64, a: &AtomicU64| *sum = sum.saturating_add(a.load(Ordering::Relaxed));
         for c in &self.counters[idx] {
-            s.alloc_count += c.alloc_count.load(Ordering::Relaxed);
-            s.alloc_bytes += c.alloc_bytes.load(Ordering::Relaxed);
-            s.free_count += c.free_count.load(Ordering::Relaxed);
-            s.free_bytes += c.free_bytes.load(Ordering::Relaxed);
-            s.alloc_objects_w += c.alloc_objects_w.load(Ordering::Relaxed);
-            s.alloc_bytes_w += c.alloc_bytes_w.load(Ordering::Relaxed);
-            s.free_objects_w += c.free_objects_w.load(Ordering::Relaxed);
-            s.free_bytes_w += c.free_bytes_w.load(Ordering::Relaxed);
+            add(&mut s.alloc_count, &c.alloc_count);
+            add(&mut s.alloc_bytes, &c.alloc_bytes);
+            add(&mut s.free_count, &c.free_count);
+            add(&mut s.free_bytes, &c.free_bytes);
+            add(&mut s.alloc_objects_w, &c.alloc_objects_w);
+            add(&mut s.alloc_bytes_w, &c.alloc_bytes_w);
+            add(&mut s.free_objects_w, &c.free_objects_w);
+            add(&mut s.free_bytes_w, &c.free_bytes_w);
         }
         s
     }
@@ -497,6 +501,20 @@ mod tests {
         assert!(size_class(u64::MAX) > size_class(u64::MAX / 2));
         // Churn of all sizes from 1 byte to 1 GiB at one site needs a few hundred buckets.
         assert!(size_class(1 << 30) < 300);
+    }
+
+    #[test]
+    fn counters_near_u64_max_saturate_when_summed() {
+        let t = BucketTable::new(leak_slots(4), leak_slots(4), leak_slots(4));
+        let id = t.find(1, 0, 8);
+        for shard in &t.counters[id as usize][..2] {
+            shard.alloc_bytes_w.store(u64::MAX - 1, Ordering::Relaxed);
+            shard
+                .alloc_objects_w
+                .store(u64::MAX / 2 + 1, Ordering::Relaxed);
+        }
+        let s = t.read(id as usize);
+        assert_eq!((s.alloc_bytes_w, s.alloc_objects_w), (u64::MAX, u64::MAX));
     }
 
     #[test]

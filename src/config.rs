@@ -1,10 +1,10 @@
-//! Run-time configuration: the sampling rate, the sampler seed and table capacities, read
-//! from `HEAPROF_*` environment variables once, without allocating (the first read happens
-//! inside the allocator).
+//! Run-time configuration: the sampling rate, the sampler seed and table capacities, from
+//! the `HEAPROF_*` environment variables as they were at process start (`env`), without
+//! allocating (the first read happens inside the allocator).
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HEAPROF_RATE` | mean bytes between samples; `0` off, `1` every allocation; suffixes `k`, `KiB`, `m`, `MiB` | 524288 |
+//! | `HEAPROF_RATE` | mean bytes between samples; `0` off, `1` every allocation; suffixes `k`, `KiB`, `m`, `MiB`; at most [`MAX_SAMPLE_RATE`] | 524288 |
 //! | `HEAPROF_SEED` | seed of the sampler, for reproducible runs | time and pid |
 //! | `HEAPROF_STACKS` | capacity of the stack table (distinct stacks) | 16384 |
 //! | `HEAPROF_BUCKETS` | capacity of the heap bucket table ((stack, size) pairs) | 65536 |
@@ -13,10 +13,17 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::sys;
+use crate::{env, sys};
 
 /// Go's `MemProfileRate` default: one sample per 512 KiB allocated, on average.
 pub const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
+
+/// The largest sampling rate, 16 GiB: larger rates (from [`crate::set_sample_rate`] or
+/// `HEAPROF_RATE`) are clamped to it. It keeps the arithmetic of weights, counters and the
+/// peak test far from overflow (a sample's weight is at most this many bytes, or its own
+/// size), and it is 1/64 of the sampler's countdown bound, so the exponential draw is not
+/// distorted by that bound (a draw above it has probability e^-64).
+pub const MAX_SAMPLE_RATE: usize = 1 << 34;
 
 const UNSET: usize = usize::MAX;
 static RATE: AtomicUsize = AtomicUsize::new(UNSET);
@@ -56,11 +63,12 @@ fn warn_invalid(var: &[u8], value: &[u8], default: &[u8]) {
     ]);
 }
 
-/// Reads a count from the environment variable `var` (same syntax as [`parse_bytes`]),
-/// `default` when unset; a value outside `min..=max` or unparsable warns and gives
-/// `default`. Never allocates.
+/// Reads a count from the environment variable `var` (same syntax as [`parse_bytes`]; its
+/// value at process start), `default` when unset; a value outside `min..=max` or
+/// unparsable warns and gives `default`. Never allocates.
 pub fn env_count(var: &core::ffi::CStr, default: usize, min: usize, max: usize) -> usize {
-    match sys::getenv_bytes(var) {
+    let value = var.to_str().ok().and_then(env::get);
+    match value {
         None => default,
         Some(v) => match parse_bytes(v) {
             Some(n) if (min..=max).contains(&n) => n,
@@ -88,7 +96,7 @@ pub fn sample_rate() -> usize {
 
 #[cold]
 fn rate_from_env() -> usize {
-    let rate = match sys::getenv_bytes(c"HEAPROF_RATE") {
+    let rate = match env::get("HEAPROF_RATE") {
         None => DEFAULT_SAMPLE_RATE,
         Some(v) => parse_bytes(v).unwrap_or_else(|| {
             warn_invalid(
@@ -98,16 +106,18 @@ fn rate_from_env() -> usize {
             );
             DEFAULT_SAMPLE_RATE
         }),
-    };
+    }
+    .min(MAX_SAMPLE_RATE);
     match RATE.compare_exchange(UNSET, rate, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => rate,
         Err(set_meanwhile) => set_meanwhile,
     }
 }
 
-/// Sets the sampling rate; takes effect for each thread at its next sample.
+/// Sets the sampling rate, clamped to [`MAX_SAMPLE_RATE`]; takes effect for each thread at
+/// its next sample.
 pub fn set_sample_rate(bytes: usize) {
-    RATE.store(bytes.min(UNSET - 1), Ordering::Relaxed);
+    RATE.store(bytes.min(MAX_SAMPLE_RATE), Ordering::Relaxed);
 }
 
 /// The process seed of the sampler: `HEAPROF_SEED`, else one set by
@@ -116,7 +126,7 @@ pub fn process_seed() -> u64 {
     if SEED_SET.load(Ordering::Acquire) {
         return SEED.load(Ordering::Relaxed);
     }
-    let seed = match sys::getenv_bytes(c"HEAPROF_SEED").map(|v| (v, parse_bytes(v))) {
+    let seed = match env::get("HEAPROF_SEED").map(|v| (v, parse_bytes(v))) {
         Some((_, Some(s))) => s as u64,
         Some((v, None)) => {
             warn_invalid(b"HEAPROF_SEED", v, b"not a number; using a random seed");

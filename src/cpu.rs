@@ -25,6 +25,11 @@
 //! The handler stays installed after stop (a signal still queued from a deleted timer must
 //! not hit the default action, which kills the process); stray SIGPROFs are ignored. A
 //! SIGPROF handler installed by someone else is replaced at start, not chained.
+//!
+//! **Fork** (`lock_order`): a fork waits for a start or stop in progress. A profile running at
+//! the fork stays the parent's: the child has neither its drain thread nor its timers, so the
+//! child's hooks forget the session (nothing of it is ever written from the child) and reset
+//! the flags, the ring and the stack snapshot; the child can start a profile of its own.
 
 mod stacks;
 mod timers;
@@ -107,9 +112,94 @@ struct Session {
 }
 
 static SESSION: Mutex<Option<Session>> = Mutex::new(None);
+static SESSION_FORK: crate::fork::HeldAcrossFork<Option<Session>> =
+    crate::fork::HeldAcrossFork::new();
 
 fn session() -> std::sync::MutexGuard<'static, Option<Session>> {
+    crate::fork::ensure_registered();
     SESSION.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fork prepare: waits for a start or stop in progress (a stop lasts until the profile is
+/// written) and holds the session lock across the fork.
+pub(crate) fn fork_prepare() {
+    SESSION_FORK.hold(&SESSION);
+}
+
+/// Fork parent: releases the session lock.
+pub(crate) fn fork_release() {
+    SESSION_FORK.release();
+}
+
+/// Fork child: a profile the parent was running is not the child's. Its drain thread, which
+/// owns the writer and the samples, does not exist here, and its timers were not inherited:
+/// the session is forgotten (leaked, never joined, so nothing is written to the writer from
+/// the child and the parent's buffered bytes are not flushed twice), which leaves the child
+/// free to start a profile of its own. Then releases the lock.
+pub(crate) fn fork_child() {
+    SESSION_FORK.with_data(|s| {
+        if let Some(parents) = s.take() {
+            core::mem::forget(parents);
+        }
+    });
+    SESSION_FORK.release();
+}
+
+/// Fork child: the profile's flags as they are with no profile running (a handler that was
+/// running on another thread left `IN_HANDLER` raised, which a later stop would wait on).
+pub(crate) fn after_fork_child_flags() {
+    RUNNING.store(false, SeqCst);
+    ACTIVE.store(false, SeqCst);
+    ITIMER_MODE.store(false, SeqCst);
+    IN_HANDLER.store(0, SeqCst);
+}
+
+/// Fork child: the sample ring emptied of the parent's samples and of slots claimed by
+/// handlers of threads that do not exist here (they would stop the next drain for good).
+pub(crate) fn after_fork_child_ring() {
+    let ring = RING.load(Acquire);
+    // SAFETY: a non-null RING is a leaked `&'static Ring`; in the child no handler runs
+    // (RUNNING is false and the parent's timers were not inherited) and no drain thread.
+    if let Some(ring) = unsafe { ring.as_ref() } {
+        ring.reset_after_fork();
+    }
+}
+
+/// Fork child: see `stacks::after_fork_child`.
+pub(crate) fn after_fork_child_stacks() {
+    stacks::after_fork_child();
+}
+
+/// Tests of the fork protocol: counts a SIGPROF handler in flight, or takes it back.
+pub(crate) fn hold_handler_for_test(held: bool) {
+    if held {
+        IN_HANDLER.fetch_add(1, SeqCst);
+    } else {
+        IN_HANDLER.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Tests of the fork protocol: see `stacks::hold_for_test`.
+pub(crate) fn hold_stacks_for_test(held: bool) {
+    stacks::hold_for_test(held);
+}
+
+/// Tests of the fork protocol: a new thread claims a slot of the sample ring, as a
+/// SIGPROF handler does, and publishes it only after `dur`; returns once it is claimed.
+/// Errors if no profile has made the ring yet.
+pub(crate) fn hold_ring_slot_for_test(dur: Duration) -> Result<(), String> {
+    // SAFETY: a non-null RING is a leaked `&'static Ring`.
+    let ring: &'static Ring = unsafe { RING.load(Acquire).as_ref() }
+        .ok_or("no CPU profile has run yet: no ring to hold")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        ring.push_with(sys::gettid(), 0, |_| {
+            let _ = tx.send(());
+            std::thread::sleep(dur);
+            0
+        })
+    });
+    rx.recv().map_err(|_| "the ring was full".to_string())
 }
 
 /// Starts CPU profiling of every thread of the process, writing the profile to `w` when
@@ -231,7 +321,8 @@ pub fn stop_cpu_profile() {
     let _ = stop_cpu_profile_result();
 }
 
-/// Like [`stop_cpu_profile`], returning `None` when no profile was running, else the
+/// Like [`stop_cpu_profile`], returning `None` when no profile was running (in a forked
+/// child, a profile the parent was running is not running), else the
 /// result of writing the profile to the writer given at start (`Some(Err(..))` on an I/O
 /// error, or if the profiler's drain thread died).
 pub fn stop_cpu_profile_result() -> Option<io::Result<()>> {

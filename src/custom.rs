@@ -169,7 +169,7 @@ impl CustomProfile {
     }
 }
 
-/// What the `pthread_atfork` prepare handler holds across a fork (`fork.rs`). Fields drop in
+/// What the fork protocol's prepare hook holds across a fork (`lock_order`). Fields drop in
 /// order: the shard guards, then the profiles they borrow from, then the registry guard.
 struct ForkHeld {
     _shards: Vec<MutexGuard<'static, KeyMap>>,

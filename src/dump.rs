@@ -39,7 +39,7 @@ pub(crate) use signal::parse as parse_signal;
 #[derive(Clone, Debug)]
 pub struct DumpConfig {
     /// The signal that triggers a dump: `SIGUSR1`, `SIGUSR2`, `SIGHUP`, `SIGWINCH` or a
-    /// real-time signal. Default `SIGUSR1`.
+    /// real-time signal other than `SIGRTMIN+5` (the `threads` profile's). Default `SIGUSR1`.
     pub signal: i32,
     /// Directory the files go to; relative paths are taken from the working directory at
     /// the call. Default: the working directory.
@@ -183,6 +183,20 @@ pub fn dump_stats() -> Option<DumpStats> {
 }
 
 static INSTALLED: Mutex<Option<DumpHandle>> = Mutex::new(None);
+static INSTALLED_FORK: crate::fork::HeldAcrossFork<Option<DumpHandle>> =
+    crate::fork::HeldAcrossFork::new();
+
+/// Fork prepare: waits for a `dump_on_signal` in progress and holds its lock across the
+/// fork. (The child keeps the parent's handle: its dump thread is not there, so the child
+/// does not dump; see the crate's limits.)
+pub(crate) fn fork_prepare() {
+    INSTALLED_FORK.hold(&INSTALLED);
+}
+
+/// Fork parent and child: releases the lock.
+pub(crate) fn fork_release() {
+    INSTALLED_FORK.release();
+}
 
 /// Writes the configured profiles on every `config.signal`, like a `SIGUSR1`-triggered
 /// `WriteHeapProfile`, from a thread of its own.
@@ -208,6 +222,7 @@ static INSTALLED: Mutex<Option<DumpHandle>> = Mutex::new(None);
 /// # Ok::<(), heaprof::Error>(())
 /// ```
 pub fn dump_on_signal(config: DumpConfig) -> Result<DumpHandle, Error> {
+    crate::fork::ensure_registered();
     let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = installed.as_ref() {
         return Err(Error::InvalidConfig(format!(
@@ -233,11 +248,8 @@ pub fn dump_on_signal(config: DumpConfig) -> Result<DumpHandle, Error> {
 }
 
 fn validate(config: DumpConfig) -> Result<(DumpHandle, Vec<Profile>), Error> {
-    if !signal::is_allowed(config.signal) {
-        return Err(Error::InvalidConfig(format!(
-            "signal {} is not allowed for dumps (use SIGUSR1, SIGUSR2, SIGHUP, SIGWINCH or a real-time signal)",
-            config.signal
-        )));
+    if let Some(why) = signal::refusal(config.signal, &config.signal.to_string()) {
+        return Err(Error::InvalidConfig(why));
     }
     if !valid_component(&config.prefix) {
         return Err(Error::InvalidConfig(format!(

@@ -12,7 +12,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `HEAPROF_DUMP_SIGNAL` | `USR1`, `USR2`, `HUP`, `WINCH`, `RTMIN+N` or a number: enables signal dumps |
+//! | `HEAPROF_DUMP_SIGNAL` | `USR1`, `USR2`, `HUP`, `WINCH`, `RTMIN+N` (not `RTMIN+5`, the `threads` profile's) or a number: enables signal dumps |
 //! | `HEAPROF_DUMP_DIR` | directory for signal dumps (default: working directory) |
 //! | `HEAPROF_DUMP_PREFIX` | file name prefix (default: program name) |
 //! | `HEAPROF_DUMP_PROFILES` | comma-separated profile names (default `heap`) |
@@ -40,7 +40,8 @@ static CALLED: AtomicBool = AtomicBool::new(false);
 static AT_EXIT_PATH: OnceLock<PathBuf> = OnceLock::new();
 static AT_EXIT_RAN: AtomicBool = AtomicBool::new(false);
 
-/// Reads the `HEAPROF_*` variables and enables what they ask for: signal dumps
+/// Enables what the `HEAPROF_*` variables ask for, with the values they had when the
+/// process started (heaprof reads them once, before `main`): signal dumps
 /// (`HEAPROF_DUMP_SIGNAL`, `HEAPROF_DUMP_DIR`, `HEAPROF_DUMP_PREFIX`,
 /// `HEAPROF_DUMP_PROFILES`) and a heap profile at exit (`HEAPROF_DUMP_AT_EXIT`). Also reads
 /// `HEAPROF_RATE` now, so a bad value is reported at startup.
@@ -68,6 +69,13 @@ pub fn init_from_env() -> EnvInit {
     }
 }
 
+/// The variable's value at process start (`env`: read once, so a `set_var` made later by
+/// another thread can neither race with this read nor change its result).
+fn start_value(var: &str) -> Option<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    crate::env::get(var).map(|v| std::ffi::OsStr::from_bytes(v).to_os_string())
+}
+
 fn warn(var: &str, value: &OsString, why: &str, consequence: &str) {
     let shown: String = value.to_string_lossy().chars().take(128).collect();
     sys::write_stderr(&[
@@ -76,7 +84,7 @@ fn warn(var: &str, value: &OsString, why: &str, consequence: &str) {
 }
 
 fn var_str(var: &str, consequence: &str) -> Option<String> {
-    let v = std::env::var_os(var)?;
+    let v = start_value(var)?;
     match v.to_str() {
         Some(s) => Some(s.to_string()),
         None => {
@@ -94,13 +102,13 @@ fn dump_from_env() -> Option<DumpHandle> {
             "HEAPROF_DUMP_PREFIX",
             "HEAPROF_DUMP_PROFILES",
         ] {
-            if let Some(v) = std::env::var_os(var) {
+            if let Some(v) = start_value(var) {
                 warn(var, &v, "HEAPROF_DUMP_SIGNAL is not set", OFF);
             }
         }
         return None;
     };
-    let raw = |var: &str| std::env::var_os(var).unwrap_or_default();
+    let raw = |var: &str| start_value(var).unwrap_or_default();
     let signal = match dump::parse_signal(&sig_name) {
         Ok(s) => s,
         Err(why) => {
@@ -117,7 +125,7 @@ fn dump_from_env() -> Option<DumpHandle> {
         signal,
         ..DumpConfig::default()
     };
-    if let Some(dir) = std::env::var_os("HEAPROF_DUMP_DIR") {
+    if let Some(dir) = start_value("HEAPROF_DUMP_DIR") {
         if dir.is_empty() {
             warn("HEAPROF_DUMP_DIR", &dir, "empty", OFF);
             return None;
@@ -126,7 +134,7 @@ fn dump_from_env() -> Option<DumpHandle> {
     }
     if let Some(prefix) = var_str("HEAPROF_DUMP_PREFIX", OFF) {
         cfg.prefix = prefix;
-    } else if std::env::var_os("HEAPROF_DUMP_PREFIX").is_some() {
+    } else if start_value("HEAPROF_DUMP_PREFIX").is_some() {
         return None;
     }
     if let Some(list) = var_str("HEAPROF_DUMP_PROFILES", OFF) {
@@ -135,7 +143,7 @@ fn dump_from_env() -> Option<DumpHandle> {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-    } else if std::env::var_os("HEAPROF_DUMP_PROFILES").is_some() {
+    } else if start_value("HEAPROF_DUMP_PROFILES").is_some() {
         return None;
     }
     match dump::dump_on_signal(cfg) {
@@ -151,7 +159,7 @@ fn dump_from_env() -> Option<DumpHandle> {
 fn at_exit_from_env() -> Option<PathBuf> {
     const OFF: &str = "no profile is written at exit";
     let var = "HEAPROF_DUMP_AT_EXIT";
-    let raw = std::env::var_os(var)?;
+    let raw = start_value(var)?;
     let path = match check_exit_path(Path::new(&raw)) {
         Ok(p) => p,
         Err(why) => {

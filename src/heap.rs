@@ -153,14 +153,18 @@ fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
             .or_default();
         e.class = class;
         e.labels = b.labels;
-        e.alloc_count += b.alloc_count;
-        e.alloc_bytes += b.alloc_bytes;
-        e.free_count += b.free_count;
-        e.free_bytes += b.free_bytes;
-        e.alloc_objects_w += b.alloc_objects_w;
-        e.alloc_bytes_w += b.alloc_bytes_w;
-        e.free_objects_w += b.free_objects_w;
-        e.free_bytes_w += b.free_bytes_w;
+        for (sum, v) in [
+            (&mut e.alloc_count, b.alloc_count),
+            (&mut e.alloc_bytes, b.alloc_bytes),
+            (&mut e.free_count, b.free_count),
+            (&mut e.free_bytes, b.free_bytes),
+            (&mut e.alloc_objects_w, b.alloc_objects_w),
+            (&mut e.alloc_bytes_w, b.alloc_bytes_w),
+            (&mut e.free_objects_w, b.free_objects_w),
+            (&mut e.free_bytes_w, b.free_bytes_w),
+        ] {
+            *sum = sum.saturating_add(v);
+        }
     }
     let mut records: Vec<Record> = merged
         .into_iter()
@@ -213,7 +217,12 @@ pub fn is_allocator_frame(name: &str) -> bool {
 }
 
 fn fixed_to_count(v: u64) -> i64 {
-    ((v + OBJECT_WEIGHT_ONE / 2) / OBJECT_WEIGHT_ONE) as i64
+    to_i64(v.saturating_add(OBJECT_WEIGHT_ONE / 2) / OBJECT_WEIGHT_ONE)
+}
+
+/// A counter as a profile value: saturated at `i64::MAX` rather than wrapped negative.
+fn to_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
 }
 
 /// Writes the heap profile as gzip-compressed pprof protobuf.
@@ -258,11 +267,11 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
         let c = &r.c;
         let inuse = [
             fixed_to_count(c.alloc_objects_w.saturating_sub(c.free_objects_w)),
-            c.alloc_bytes_w.saturating_sub(c.free_bytes_w) as i64,
+            to_i64(c.alloc_bytes_w.saturating_sub(c.free_bytes_w)),
         ];
         let all = [
             fixed_to_count(c.alloc_objects_w),
-            c.alloc_bytes_w as i64,
+            to_i64(c.alloc_bytes_w),
             inuse[0],
             inuse[1],
         ];
@@ -288,7 +297,7 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
         if c.class > 0 && c.alloc_count > 0 {
             labels.push(Label::Num {
                 key: "bytes".into(),
-                value: ((c.alloc_bytes + c.alloc_count / 2) / c.alloc_count) as i64,
+                value: to_i64(c.alloc_bytes.saturating_add(c.alloc_count / 2) / c.alloc_count),
                 unit: None,
             });
         }
@@ -309,10 +318,10 @@ pub fn write_text<W: Write>(w: W, view: HeapView) -> io::Result<()> {
     let rows: Vec<HeapRecord> = records
         .iter()
         .map(|r| HeapRecord {
-            inuse_objects: r.c.alloc_count.saturating_sub(r.c.free_count) as i64,
-            inuse_bytes: r.c.alloc_bytes.saturating_sub(r.c.free_bytes) as i64,
-            alloc_objects: r.c.alloc_count as i64,
-            alloc_bytes: r.c.alloc_bytes as i64,
+            inuse_objects: to_i64(r.c.alloc_count.saturating_sub(r.c.free_count)),
+            inuse_bytes: to_i64(r.c.alloc_bytes.saturating_sub(r.c.free_bytes)),
+            alloc_objects: to_i64(r.c.alloc_count),
+            alloc_bytes: to_i64(r.c.alloc_bytes),
             stack: if r.overflow {
                 &overflow_stack
             } else {

@@ -477,6 +477,22 @@ pub fn serve(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<ServerHandle,
 
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// Tests of the fork protocol: counts as many request threads as the limit allows, or
+/// takes them back.
+pub(crate) fn hold_for_test(held: bool) {
+    if held {
+        ACTIVE.fetch_add(MAX_CONCURRENT, Ordering::AcqRel);
+    } else {
+        ACTIVE.fetch_sub(MAX_CONCURRENT, Ordering::AcqRel);
+    }
+}
+
+/// In a forked child: the parent's request threads do not exist there, so none is active
+/// (a server the child starts would otherwise count them against its limit).
+pub(crate) fn after_fork_child() {
+    ACTIVE.store(0, Ordering::Relaxed);
+}
+
 fn accept_loop(server: &tiny_http::Server) {
     let _guard = tls::ProfilerGuard::enter();
     for request in server.incoming_requests() {

@@ -7,10 +7,10 @@
 //! SIGPROF handler read. Nothing is done on the unsampled path, and nothing allocates on the
 //! sampled one.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use crate::tls;
@@ -18,16 +18,33 @@ use crate::tls;
 /// One interned, sorted set of (key, value) pairs.
 type Set = Arc<[(String, String)]>;
 
-#[derive(Default)]
 struct Registry {
     /// `sets[id - 1]` is label set `id`; id 0 is the empty set.
     sets: Vec<Set>,
-    ids: HashMap<Set, u32>,
+    ids: BTreeMap<Set, u32>,
 }
 
-fn registry() -> &'static Mutex<Registry> {
-    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
-    R.get_or_init(Default::default)
+/// The interned sets. A `const` static, not a lazily initialised one: a fork while another
+/// thread was initialising a `OnceLock` would leave the child waiting for it for ever.
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    sets: Vec::new(),
+    ids: BTreeMap::new(),
+});
+static REGISTRY_FORK: crate::fork::HeldAcrossFork<Registry> = crate::fork::HeldAcrossFork::new();
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fork prepare: waits for an interning or a lookup in progress and holds the registry's
+/// lock across the fork.
+pub(crate) fn fork_prepare() {
+    REGISTRY_FORK.hold(&REGISTRY);
+}
+
+/// Fork parent and child: releases the lock.
+pub(crate) fn fork_release() {
+    REGISTRY_FORK.release();
 }
 
 fn intern(mut pairs: Vec<(String, String)>) -> u32 {
@@ -36,7 +53,8 @@ fn intern(mut pairs: Vec<(String, String)>) -> u32 {
     }
     pairs.sort();
     let set: Set = pairs.into();
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    crate::fork::ensure_registered();
+    let mut r = registry();
     if let Some(&id) = r.ids.get(&set) {
         return id;
     }
@@ -51,7 +69,7 @@ pub(crate) fn pairs(id: u32) -> Set {
     if id == 0 {
         return Arc::from([]);
     }
-    let r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let r = registry();
     r.sets
         .get(id as usize - 1)
         .cloned()

@@ -53,6 +53,7 @@ mod count;
 mod cpu;
 mod custom;
 mod dump;
+mod env;
 mod env_init;
 mod error;
 mod fork;
@@ -62,6 +63,7 @@ pub mod http;
 mod labels;
 mod large_region;
 mod live;
+mod lock_order;
 mod once;
 mod peak;
 mod pprof;
@@ -80,7 +82,7 @@ mod tls;
 mod unwind;
 
 pub use alloc::ProfilingAllocator;
-pub use config::DEFAULT_SAMPLE_RATE;
+pub use config::{DEFAULT_SAMPLE_RATE, MAX_SAMPLE_RATE};
 pub use cpu::{
     cpu_profile_rate, set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile,
     stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
@@ -95,7 +97,8 @@ pub use report::top_table;
 pub use report::{read_profile, ProfileData, SampleType, StackSample};
 
 /// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
-/// sampling off, `1` records every allocation. The calling thread switches at once (its
+/// sampling off, `1` records every allocation; rates above [`MAX_SAMPLE_RATE`] (16 GiB)
+/// are clamped to it. The calling thread switches at once (its
 /// countdown is redrawn at its next allocation); every other thread at its next sample.
 /// Samples already taken keep the weight of the rate they were taken at.
 pub fn set_sample_rate(bytes: usize) {
@@ -150,6 +153,7 @@ pub mod __private {
     pub use crate::large_region::{
         limit as limit_large_region, RETAIN_BYTES as LARGE_RETAIN_BYTES,
     };
+    pub use crate::lock_order::test_support::{hold as fork_hold, names as fork_protocol};
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};

@@ -1,12 +1,13 @@
 //! [`ForkOnce`]: a lazily initialised value, like `spin::Once`, that a forked child can
 //! initialise again when the fork caught another thread in the middle of initialising it.
 //!
-//! Used by the tables created on the allocator's first sample (`tables`, `threadcreate`):
-//! waiters spin (the initialiser only maps memory and reads the environment, so the wait is
+//! Used by the tables created on the allocator's first sample (`tables`, `threadcreate`)
+//! and the environment snapshot (`env`): waiters spin (the initialiser only maps memory
+//! and reads or copies the environment, so the wait is
 //! short and bounded), nothing allocates. With `spin::Once` a fork during that window leaves
 //! the child's copy "running" forever, owned by a thread that does not exist in the child,
 //! and the child's first sampled allocation spins forever. [`ForkOnce::reset_after_fork`]
-//! (called by the `pthread_atfork` child handler, `fork.rs`) turns such a value back to
+//! (called by the fork protocol's child hooks, `lock_order`) turns such a value back to
 //! "empty"; what the vanished initialiser had built is leaked (memory mapped, never read).
 //!
 //! Must never allocate, lock or block in a way the initialiser cannot end.
@@ -85,6 +86,20 @@ impl<T> ForkOnce<T> {
         self.state.load(Ordering::Acquire) == READY
     }
 
+    /// Tests of the fork protocol: `true` puts an empty cell in the state of an
+    /// initialisation in progress on another thread (false if it is not empty); `false`
+    /// takes it back to empty.
+    pub fn hold_for_test(&self, held: bool) -> bool {
+        let (from, to) = if held {
+            (EMPTY, RUNNING)
+        } else {
+            (RUNNING, EMPTY)
+        };
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// In a forked child, before any other thread exists: forget an initialisation that was
     /// in progress in the parent (its thread does not exist here), so the next caller
     /// initialises afresh. A value already initialised is kept.
@@ -139,7 +154,7 @@ mod tests {
         });
         inside_rx.recv().unwrap();
         let status = crate::fork::test_support::in_child(Duration::from_secs(20), || {
-            // What the atfork child handler does (fork.rs), done by hand: this test must not
+            // What the fork protocol's child hook does (lock_order), done by hand: this test must not
             // depend on the handler's registration.
             CELL.reset_after_fork();
             if *CELL.call_once(|| 2) == 2 {

@@ -50,12 +50,18 @@ static SNAPSHOTTING: AtomicBool = AtomicBool::new(false);
 
 /// Counts a sampled allocation of estimated `bytes_w`; records a snapshot if it makes a
 /// new peak. Called on the sampled path (inside the allocator): never allocates.
+///
+/// The arithmetic saturates: weights and the rate are bounded (`config::MAX_SAMPLE_RATE`),
+/// but a wrong total must never become a panic inside the allocator.
 pub fn on_alloc(buckets: &BucketTable, slots: &[PeakSlot], bytes_w: u64) {
-    let total = INUSE_BYTES_W.fetch_add(bytes_w as i64, Ordering::Relaxed) + bytes_w as i64;
+    let w = i64::try_from(bytes_w).unwrap_or(i64::MAX);
+    let total = INUSE_BYTES_W
+        .fetch_add(w, Ordering::Relaxed)
+        .saturating_add(w);
     let total = total.max(0) as u64;
     let peak = PEAK_BYTES_W.load(Ordering::Relaxed);
     let min_step = MIN_STEP_SAMPLES.saturating_mul(crate::config::sample_rate() as u64);
-    if total <= peak + (peak / MARGIN).max(min_step) {
+    if total <= peak.saturating_add((peak / MARGIN).max(min_step)) {
         return;
     }
     if SNAPSHOTTING.swap(true, Ordering::Acquire) {
@@ -87,9 +93,22 @@ pub fn on_alloc(buckets: &BucketTable, slots: &[PeakSlot], bytes_w: u64) {
     SNAPSHOTTING.store(false, Ordering::Release);
 }
 
+/// In a forked child: a snapshot the fork interrupted on another thread never finishes, and
+/// its flag would stop every later one (`heap_peak` frozen). The half-written snapshot is
+/// overwritten by the child's next one.
+pub fn after_fork_child() {
+    SNAPSHOTTING.store(false, Ordering::Relaxed);
+}
+
+/// Tests of the fork protocol: raises or lowers the flag as a snapshotting thread would.
+pub fn hold_for_test(held: bool) {
+    SNAPSHOTTING.store(held, Ordering::Release);
+}
+
 /// Counts the free of a sampled block of estimated `bytes_w`.
 pub fn on_free(bytes_w: u64) {
-    INUSE_BYTES_W.fetch_sub(bytes_w as i64, Ordering::Relaxed);
+    let w = i64::try_from(bytes_w).unwrap_or(i64::MAX);
+    INUSE_BYTES_W.fetch_sub(w, Ordering::Relaxed);
 }
 
 /// The recorded peak's counters for bucket `id`: (objects_w, bytes_w, count, bytes).

@@ -88,6 +88,9 @@ fn predefined(name: &str) -> Option<&'static Predefined> {
 static CUSTOM: Mutex<BTreeMap<String, Arc<CustomProfile>>> = Mutex::new(BTreeMap::new());
 
 fn custom_registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<CustomProfile>>> {
+    // Before the lock: registering the fork handlers with it held could wait for a fork
+    // that waits for it (glibc holds its atfork lock while the prepare handlers run).
+    crate::fork::ensure_registered();
     // Registry operations are single map calls: a poisoned lock still holds a sound map.
     CUSTOM.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -136,6 +136,21 @@ impl Ring {
         true
     }
 
+    /// In a forked child, where no producer or consumer runs: empties the ring, including
+    /// slots that producers of the parent claimed and never published (the consumer would
+    /// stop at the first of them for good). Touches only the slots between head and tail.
+    pub fn reset_after_fork(&self) {
+        let head = self.head.load(Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Relaxed);
+        for pos in head..tail {
+            // As if consumed: free for the producer of the next lap at this index.
+            self.slot(pos)
+                .seq
+                .store(pos + self.capacity(), Ordering::Relaxed);
+        }
+        self.head.store(tail, Ordering::Release);
+    }
+
     /// Takes the oldest published sample, if any, passing `(tid, labels, frames)` to `f`.
     /// Only one thread may consume (the drain thread; `cpu.rs` holds its session lock).
     pub fn pop_with(&self, f: impl FnOnce(i32, u32, &[usize])) -> bool {
@@ -170,6 +185,31 @@ impl Ring {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn reset_after_fork_frees_a_slot_claimed_and_never_published() {
+        let r = Ring::new_leaked(4).unwrap();
+        assert!(r.push_with(1, 0, |f| {
+            f[0] = 10;
+            1
+        }));
+        // A producer of the parent claimed the next position, then vanished (fork).
+        r.tail.fetch_add(1, Ordering::Relaxed);
+        assert!(r.push_with(2, 0, |_| 0));
+        let mut seen = Vec::new();
+        while r.pop_with(|tid, _, _| seen.push(tid)) {}
+        assert_eq!(seen, [1], "the consumer stops at the claimed slot");
+        assert!(!r.pop_with(|_, _, _| {}));
+        r.reset_after_fork();
+        for lap in 0..3 {
+            for tid in 0..4 {
+                assert!(r.push_with(tid, 0, |_| 0), "lap {lap}");
+            }
+            let mut n = 0;
+            while r.pop_with(|_, _, _| n += 1) {}
+            assert_eq!(n, 4, "lap {lap}");
+        }
+    }
 
     #[test]
     fn fifo_full_and_wraparound() {

@@ -17,8 +17,8 @@ use crate::pprof::elf::{self, ElfInfo};
 use crate::pprof::maps::{self, MapEntry};
 
 /// Held around every call into `backtrace` (which takes its own global lock and updates its
-/// global cache of parsed debug info): the `pthread_atfork` prepare handler takes it too
-/// (`fork.rs`), so a fork never copies `backtrace`'s lock or cache into the child in the
+/// global cache of parsed debug info): the fork protocol's prepare hook takes it too
+/// (`lock_order`), so a fork never copies `backtrace`'s lock or cache into the child in the
 /// middle of a lookup by another thread. The owner's `pthread_self()`, 0 when free.
 static SYM_OWNER: AtomicUsize = AtomicUsize::new(0);
 /// Set when the prepare handler took [`SYM_OWNER`] (so the parent and child handlers release

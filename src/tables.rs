@@ -91,9 +91,14 @@ pub fn get() -> Option<&'static Tables> {
 }
 
 /// In a forked child: lets the child create the tables if the fork interrupted their
-/// creation on another thread (see `fork.rs`).
+/// creation on another thread (see `lock_order`).
 pub fn after_fork_child() {
     TABLES.reset_after_fork();
+}
+
+/// Tests of the fork protocol: see [`ForkOnce::hold_for_test`].
+pub fn hold_creation_for_test(held: bool) -> bool {
+    TABLES.hold_for_test(held)
 }
 
 /// The tables if they exist already (writers never create them).

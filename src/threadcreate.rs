@@ -97,7 +97,7 @@ fn stacks() -> Option<&'static StackTable> {
         .as_ref()
 }
 
-/// In a forked child: forget a table creation the fork interrupted (see `fork.rs`).
+/// In a forked child: forget a table creation the fork interrupted (see `lock_order`).
 pub fn after_fork_child() {
     STACKS.reset_after_fork();
 }

@@ -62,21 +62,66 @@ impl ThreadState {
 
 /// Marks this thread as inside the profiler until dropped; allocations made meanwhile are
 /// neither sampled nor counted down. Nests: an inner guard leaves the outer one in force.
+///
+/// The fast path cannot tell profiler allocations from others (it has one subtraction and
+/// one branch), so it does count them down; the outermost guard puts the countdown back
+/// when it drops, so the bytes the profiler allocated (stack capture, symbolization, a
+/// profile written on this thread) never move the thread's next sample point.
 pub struct ProfilerGuard {
     was_inside: bool,
+    /// The countdown when the outermost guard was entered.
+    countdown: u64,
 }
 
 impl ProfilerGuard {
     /// Enters the profiler on this thread.
     pub fn enter() -> Self {
-        let was_inside = with(|s| s.in_profiler.replace(true));
-        ProfilerGuard { was_inside }
+        with(|s| ProfilerGuard {
+            was_inside: s.in_profiler.replace(true),
+            countdown: s.countdown.get(),
+        })
     }
 }
 
 impl Drop for ProfilerGuard {
     fn drop(&mut self) {
-        let was = self.was_inside;
-        with(|s| s.in_profiler.set(was));
+        let (was, countdown) = (self.was_inside, self.countdown);
+        with(|s| {
+            s.in_profiler.set(was);
+            if !was {
+                s.countdown.set(countdown);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProfilingAllocator;
+    use core::alloc::{GlobalAlloc, Layout};
+
+    #[test]
+    fn allocations_inside_the_profiler_are_not_counted_down() {
+        std::thread::spawn(|| {
+            let a = ProfilingAllocator::system();
+            // A countdown drawn at some rate: 10 000 bytes to the next sample.
+            with(|t| {
+                t.countdown.set(10_000);
+                t.drawn_rate.set(4096);
+            });
+            {
+                let _g = ProfilerGuard::enter();
+                for size in [4000, 100, 20_000, 1 << 20] {
+                    let l = Layout::from_size_align(size, 8).unwrap();
+                    // SAFETY: a valid layout; the block is freed with it at once.
+                    unsafe { a.dealloc(a.alloc(l), l) };
+                }
+                let _inner = ProfilerGuard::enter();
+            }
+            assert_eq!(with(|t| t.countdown.get()), 10_000);
+        })
+        .join()
+        .unwrap();
     }
 }

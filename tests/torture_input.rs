@@ -1,5 +1,6 @@
 //! Bad input: invalid `HEAPROF_*` values, a writer that fails mid-profile, rate changes while
-//! threads allocate, and profile names with odd characters (text output, dump file names).
+//! threads allocate, rates near `usize::MAX`, and profile names with odd characters (text
+//! output, dump file names).
 //! (`HEAPROF_RATE`, `HEAPROF_DUMP_SIGNAL`, `HEAPROF_DUMP_AT_EXIT` and a `DUMP_*` variable
 //! without a signal are covered by `dump_env.rs`.)
 
@@ -129,6 +130,27 @@ fn invalid_dump_settings_warn_once_and_leave_dumps_off() {
     }
 }
 
+#[test]
+fn the_threads_capture_signal_is_refused_for_dumps() {
+    // SIGRTMIN+5 is the signal the `threads` profile interrupts threads with.
+    let out = run_case_ok(
+        RUNNER,
+        "env_probe",
+        &[("HEAPROF_DUMP_SIGNAL", "RTMIN+5")],
+        T,
+    );
+    let lines = warned(&out.stderr, "HEAPROF_DUMP_SIGNAL");
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(lines[0].contains("threads"), "{}", lines[0]);
+    assert!(out.stdout.contains("dump enabled: false"), "{}", out.stdout);
+    let err = heaprof::dump_on_signal(heaprof::DumpConfig {
+        signal: libc::SIGRTMIN() + 5,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("threads"), "{err}");
+}
+
 /// Fails with an error after `left` bytes.
 struct FailingWriter {
     left: usize,
@@ -250,6 +272,44 @@ fn rate_flips_while_allocating_then_rate_one_is_exact() {
     run_case_ok(RUNNER, "rate_flips", &[], T);
 }
 
+#[inline(never)]
+fn extreme_rate_site(fill: u8) -> Vec<Vec<u8>> {
+    black_box((0..64).map(|i| vec![fill; 1000 + i]).collect())
+}
+
+/// Child: rates near `usize::MAX` set through the public setter while this thread's
+/// countdown was drawn at rate 1 and a peak was recorded, so the next sample is weighed at
+/// rate 1 while the peak test and the writers see the huge rate.
+fn extreme_rates() {
+    let mut kept = Vec::new();
+    for rate in [usize::MAX, usize::MAX - 1] {
+        heaprof::set_sample_rate(1);
+        kept.push(extreme_rate_site(1)); // sampled: in use rises, a peak is recorded
+                                         // From another thread, so this one keeps the countdown it drew at rate 1.
+        std::thread::spawn(move || heaprof::set_sample_rate(rate))
+            .join()
+            .unwrap();
+        kept.push(extreme_rate_site(2)); // the first of these is sampled at the huge rate
+        assert_eq!(heaprof::sample_rate(), heaprof::MAX_SAMPLE_RATE, "clamped");
+        for name in ["heap", "allocs", "heap_peak"] {
+            let p = heaprof::lookup(name).unwrap();
+            let mut pb = Vec::new();
+            p.write_to(&mut pb, 0).unwrap();
+            let decoded = common::decode(&pb);
+            assert_eq!(decoded.period, heaprof::MAX_SAMPLE_RATE as i64, "{name}");
+            let mut txt = Vec::new();
+            p.write_to(&mut txt, 1).unwrap();
+            assert!(txt.starts_with(b"heap profile: "), "{name}");
+        }
+    }
+    black_box(kept);
+}
+
+#[test]
+fn rates_near_usize_max_are_clamped_and_nothing_overflows() {
+    run_case_ok(RUNNER, "extreme_rates", &[], T);
+}
+
 const ODD: &str = "odd.näme%s\"'$(x)*?[]{}<>|;&#~\\";
 
 fn odd_names() {
@@ -306,6 +366,7 @@ fn child_entry() {
         None => {}
         Some("env_probe") => env_probe(),
         Some("rate_flips") => rate_flips(),
+        Some("extreme_rates") => extreme_rates(),
         Some("odd_names") => odd_names(),
         Some(other) => panic!("unknown case {other}"),
     }

@@ -95,6 +95,26 @@ pub fn refresh() {
     SEQ.store(s.wrapping_add(2), Ordering::Release);
 }
 
+/// In a forked child: a refresh the fork interrupted on the drain thread left the sequence
+/// odd, which readers take as "being written" for ever (and the next refresh would publish
+/// with an odd number). Publishes an empty snapshot instead; the child's next profile
+/// refreshes it at start.
+pub fn after_fork_child() {
+    let s = SEQ.load(Ordering::Relaxed);
+    if s & 1 == 1 {
+        LEN.store(0, Ordering::Relaxed);
+        SEQ.store(s.wrapping_add(1), Ordering::Release);
+    }
+}
+
+/// Tests of the fork protocol: makes the sequence odd (a refresh in progress) or even again.
+pub fn hold_for_test(held: bool) {
+    let s = SEQ.load(Ordering::Relaxed);
+    if (s & 1 == 1) != held {
+        SEQ.store(s.wrapping_add(1), Ordering::Release);
+    }
+}
+
 /// Whether the handler asked for a fresh snapshot since the last [`refresh`].
 pub fn refresh_wanted() -> bool {
     REFRESH_WANTED.load(Ordering::Relaxed)

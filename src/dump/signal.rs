@@ -40,18 +40,32 @@ static PREV: [Prev; 2] = [
 /// Which `PREV` slot is current.
 static PREV_SLOT: AtomicUsize = AtomicUsize::new(0);
 
-/// Signals a dump may be bound to: the user signals, `SIGHUP`, `SIGWINCH` and the real-time
-/// signals. Others are refused: `SIGPROF` is the CPU profiler's, faults and job control
-/// signals have meanings of their own.
-pub fn is_allowed(sig: c_int) -> bool {
-    matches!(
+/// Why a dump may not be bound to `sig` (`name` is how the user wrote it), or `None` if it
+/// may: the user signals, `SIGHUP`, `SIGWINCH` and the real-time signals except
+/// `SIGRTMIN+5`, which the `threads` profile interrupts threads with. Others are refused:
+/// `SIGPROF` is the CPU profiler's, faults and job control signals have meanings of their
+/// own.
+pub fn refusal(sig: c_int, name: &str) -> Option<String> {
+    let capture = crate::threads::capture::signal_number();
+    if capture != 0 && sig == capture {
+        return Some(format!(
+            "signal {name} ({sig}) is SIGRTMIN+{}, the signal the threads profile captures stacks with; use another one",
+            sig - libc::SIGRTMIN()
+        ));
+    }
+    let allowed = matches!(
         sig,
         libc::SIGUSR1 | libc::SIGUSR2 | libc::SIGHUP | libc::SIGWINCH
-    ) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig)
+    ) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig);
+    (!allowed).then(|| {
+        format!(
+            "signal {name} ({sig}) is not allowed for dumps (use USR1, USR2, HUP, WINCH or a real-time signal)"
+        )
+    })
 }
 
 /// Parses `USR1`, `SIGUSR1`, `usr2`, `HUP`, `WINCH`, `RTMIN+3`, `SIGRTMIN+3` or a number,
-/// and checks the signal is one [`is_allowed`] accepts.
+/// and checks the signal is one a dump may use (see [`refusal`]).
 pub fn parse(name: &str) -> Result<c_int, String> {
     let upper = name.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -76,12 +90,10 @@ pub fn parse(name: &str) -> Result<c_int, String> {
             }
         }
     };
-    if !is_allowed(sig) {
-        return Err(format!(
-            "signal {name:?} ({sig}) is not allowed for dumps (use USR1, USR2, HUP, WINCH or a real-time signal)"
-        ));
+    match refusal(sig, &format!("{name:?}")) {
+        Some(why) => Err(why),
+        None => Ok(sig),
     }
-    Ok(sig)
 }
 
 extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
@@ -248,6 +260,13 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse("9").unwrap_err().contains("not allowed"));
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        for taken in ["RTMIN+5", "sigrtmin+5"] {
+            assert!(
+                parse(taken).unwrap_err().contains("threads profile"),
+                "{taken}"
+            );
+        }
         assert!(parse("TERM").unwrap_err().contains("not a signal name"));
     }
 }

@@ -257,13 +257,13 @@ pub fn write_heap_text<W: Write>(
     });
     let (mut i, mut ib, mut a, mut ab) = (0i64, 0i64, 0i64, 0i64);
     for r in records {
-        i += r.inuse_objects;
-        ib += r.inuse_bytes;
-        a += r.alloc_objects;
-        ab += r.alloc_bytes;
+        i = i.saturating_add(r.inuse_objects);
+        ib = ib.saturating_add(r.inuse_bytes);
+        a = a.saturating_add(r.alloc_objects);
+        ab = ab.saturating_add(r.alloc_bytes);
     }
     if ib == ab {
-        ab += 1;
+        ab = ab.saturating_add(1);
     }
 
     let mut out = String::new();

@@ -84,8 +84,40 @@ static SLOT: [Slot; SLOTS] = [const {
     }
 }; SLOTS];
 
-/// Serialises capture rounds (writers only; never taken in a handler).
+/// Serialises capture rounds (writers only; never taken in a handler). [`INSTALL`] is only
+/// initialised under it, so a fork (which holds it) never finds that in progress.
 static ROUND: Mutex<u64> = Mutex::new(0);
+static ROUND_FORK: crate::fork::HeldAcrossFork<u64> = crate::fork::HeldAcrossFork::new();
+
+/// Fork prepare: waits for a capture round in progress (bounded by the answer timeout) and
+/// holds its lock across the fork.
+pub fn fork_prepare() {
+    ROUND_FORK.hold(&ROUND);
+}
+
+/// Fork parent and child: releases the lock.
+pub fn fork_release() {
+    ROUND_FORK.release();
+}
+
+/// Tests of the fork protocol: every slot `CAPTURING` (as handlers of a timed-out round
+/// mid-capture leave them), or every slot free again.
+pub fn hold_slots_for_test(held: bool) {
+    for s in &SLOT {
+        s.word
+            .store(if held { CAPTURING } else { FREE }, Ordering::Release);
+    }
+}
+
+/// In a forked child: slots left `CAPTURING` or `DONE` by handlers of an earlier round
+/// (a round that timed out while a handler was mid-capture) would never be freed, as their
+/// threads do not exist here. No round runs (the prepare hook held [`ROUND`]), so all are
+/// free.
+pub fn after_fork_child() {
+    for s in &SLOT {
+        s.word.store(FREE, Ordering::Relaxed);
+    }
+}
 
 /// The signal in use, 0 until installed.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -137,6 +169,7 @@ pub fn signal_number() -> c_int {
     libc::SIGRTMIN() + SIGNAL_OFFSET
 }
 
+/// Installs the handler once. Called with [`ROUND`] held.
 fn install() -> Result<c_int, String> {
     INSTALL
         .get_or_init(|| {
@@ -359,6 +392,8 @@ fn mask_has(status: &str, key: &str, sig: c_int) -> bool {
 /// Threads that exit meanwhile are left out. Never waits longer than the timeout per batch
 /// (plus a bounded grace for a handler caught mid-capture).
 pub fn capture_others(tids: &[i32]) -> Vec<Captured> {
+    crate::fork::ensure_registered();
+    let mut round = ROUND.lock().unwrap_or_else(|e| e.into_inner());
     let sig = match install() {
         Ok(s) => s,
         Err(e) => {
@@ -374,7 +409,6 @@ pub fn capture_others(tids: &[i32]) -> Vec<Captured> {
     };
     // The DWARF unwinder and its cache pool must exist before handlers use them.
     unwind::global_init();
-    let mut round = ROUND.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = Vec::with_capacity(tids.len());
     let mut rest = tids;
     while !rest.is_empty() {

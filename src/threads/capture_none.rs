@@ -39,6 +39,18 @@ pub fn signal_number() -> c_int {
 /// No options to set on this target.
 pub fn set_options(_timeout: Duration, _precheck: bool) {}
 
+/// Nothing to hold across a fork on this target.
+pub fn fork_prepare() {}
+
+/// Nothing to release after a fork on this target.
+pub fn fork_release() {}
+
+/// Nothing to reset in a forked child on this target.
+pub fn after_fork_child() {}
+
+/// No slots on this target.
+pub fn hold_slots_for_test(_held: bool) {}
+
 /// Only the calling thread is known.
 pub fn list_tids() -> Vec<i32> {
     vec![gettid()]

@@ -143,7 +143,7 @@ pub fn adopt_thread_stack(lo: usize, hi: usize) -> bool {
 }
 
 /// In a forked child, before other threads exist: releases what the parent's other threads
-/// held (leased caches, the module-list builder flag). Called by `fork.rs`.
+/// held (leased caches, the module-list builder flag). In the fork protocol (`lock_order`).
 pub fn after_fork_child() {
     cache_pool::after_fork_child();
     modules::after_fork_child();

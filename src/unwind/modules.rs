@@ -434,6 +434,30 @@ mod tests {
     }
 
     #[test]
+    fn child_forked_while_the_list_is_built_can_rebuild_it() {
+        use crate::fork::test_support::in_child;
+        let t = std::time::Duration::from_secs(30);
+        // In a child of its own, so this test's raised flag is no other test's business.
+        let code = in_child(t, || {
+            get_or_build(true).expect("built");
+            BUILDING.store(true, Ordering::Release); // a builder on a thread the fork drops
+            in_child(t, || {
+                // SAFETY: loads a plain C library (no constructors of interest).
+                let h = unsafe { libc::dlopen(c"libz.so.1".as_ptr(), libc::RTLD_NOW) };
+                if h.is_null() {
+                    return 0; // not available: nothing to rebuild for
+                }
+                // SAFETY: h is a valid handle; looks up a function symbol.
+                let f = unsafe { libc::dlsym(h, c"zlibVersion".as_ptr()) } as usize;
+                let known = rebuild_if_changed().is_some_and(|s| s.is_known(f));
+                i32::from(!known)
+            })
+            .unwrap_or(2)
+        });
+        assert_eq!(code, Some(0), "1: the library was not picked up; 2: a hang");
+    }
+
+    #[test]
     fn dlopen_is_picked_up_by_rebuild() {
         let before = get_or_build(true).expect("built");
         // SAFETY: loads a plain C library (no constructors of interest); never closed.
