@@ -150,6 +150,10 @@ pub mod __private {
     pub use crate::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
     pub use crate::fork::test_support::{in_child, wait_child};
     pub use crate::lock_order::test_support::{hold as fork_hold, names as fork_protocol};
+    /// Whether the `HEAPROF_*` environment snapshot was taken (tests of the constructor).
+    pub fn env_snapshot_taken() -> bool {
+        crate::env::TAKEN.is_completed()
+    }
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};
