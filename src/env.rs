@@ -33,6 +33,16 @@ pub const NAMES: [&str; 9] = [
     "HEAPROF_DUMP_AT_EXIT",
 ];
 
+/// Room for the longest name and its NUL, for `getenv`.
+const NAME_BUF: usize = 32;
+const _: () = {
+    let mut i = 0;
+    while i < NAMES.len() {
+        assert!(NAMES[i].len() < NAME_BUF);
+        i += 1;
+    }
+};
+
 /// Bytes for all values together (four paths of `PATH_MAX` fit). A value that does not fit
 /// is treated as unset, with a warning.
 const POOL: usize = 16 * 1024;
@@ -125,7 +135,7 @@ pub fn get(name: &str) -> Option<&'static [u8]> {
 }
 
 fn from_getenv(v: &mut Values) {
-    let mut name = [0u8; 32];
+    let mut name = [0u8; NAME_BUF];
     for (i, n) in NAMES.iter().enumerate() {
         name[..n.len()].copy_from_slice(n.as_bytes());
         name[n.len()] = 0;

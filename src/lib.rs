@@ -154,6 +154,10 @@ pub mod __private {
         limit as limit_large_region, RETAIN_BYTES as LARGE_RETAIN_BYTES,
     };
     pub use crate::lock_order::test_support::{hold as fork_hold, names as fork_protocol};
+    /// Whether the `HEAPROF_*` environment snapshot was taken (tests of the constructor).
+    pub fn env_snapshot_taken() -> bool {
+        crate::env::TAKEN.is_completed()
+    }
     pub use crate::pprof::builder::{Label, ProfileBuilder};
     pub use crate::pprof::text::{write_count_text, write_heap_text, CountRecord, HeapRecord};
     pub use crate::pprof::{elf, maps, proto};
