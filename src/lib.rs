@@ -27,7 +27,8 @@
 //! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`].
 //! - Operations: [`dump_on_signal`], [`init_from_env`] (`HEAPROF_*` variables), and with
 //!   feature `http`, `heaprof::http` (Go's `/debug/pprof` endpoints).
-//! - Reading profiles back: [`read_profile`], [`top_table`].
+//! - Reading profiles back: [`read_profile`], [`top_table`]; what changed between two
+//!   snapshots: [`profile_delta`] (Go's `seconds=N` delta profiles).
 //!
 //! # Limits
 //! - Linux x86_64 with glibc; elsewhere the crate builds and the allocator passes through.
@@ -52,6 +53,7 @@ mod config;
 mod count;
 mod cpu;
 mod custom;
+mod delta;
 mod dump;
 mod env_init;
 mod error;
@@ -86,6 +88,7 @@ pub use cpu::{
     stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
 };
 pub use custom::ProfileKey;
+pub use delta::profile_delta;
 pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
 pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
