@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::custom::{self, CustomProfile, ProfileKey};
 use crate::error::Error;
 use crate::heap::{self, HeapView};
-use crate::{block, count, tables, threadcreate, threads};
+use crate::{block, count, mutex, tables, threadcreate, threads};
 
 /// A profile heaprof records itself.
 struct Predefined {
@@ -68,6 +68,11 @@ static PREDEFINED: &[Predefined] = &[
         count: block::count,
         write: block::write,
     },
+    Predefined {
+        name: "mutex",
+        count: mutex::count,
+        write: mutex::write,
+    },
 ];
 
 /// Other names `lookup` accepts for predefined profiles: (alias, profile). Aliases are not
@@ -111,8 +116,9 @@ pub(crate) fn custom_of(p: &Profile) -> Option<&CustomProfile> {
 /// are handles to the same profile.
 ///
 /// Predefined: `allocs`, `heap` (sampled allocations), `threadcreate` (the stack that
-/// created each OS thread), `threads` (alias `goroutine`: every thread's stack now) and
-/// `block` (waits on [`crate::sync`] locks, with [`crate::set_block_profile_rate`]). Custom profiles ([`Profile::new`]) count live keys by the stack
+/// created each OS thread), `threads` (alias `goroutine`: every thread's stack now),
+/// `block` (waits on [`crate::sync`] locks, with [`crate::set_block_profile_rate`]) and
+/// `mutex` (the releases that made others wait, with [`crate::set_mutex_profile_fraction`]). Custom profiles ([`Profile::new`]) count live keys by the stack
 /// that added them — open files, connections, leases:
 ///
 /// ```
