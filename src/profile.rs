@@ -75,17 +75,25 @@ static PREDEFINED: &[Predefined] = &[
     },
 ];
 
-/// Other names `lookup` accepts for predefined profiles: (alias, profile). Aliases are not
-/// listed by [`profiles`] (each profile appears once, under its own name) and cannot be
-/// taken by custom profiles. `goroutine`: Go's name for the all-stacks profile, so
-/// `/debug/pprof/goroutine` and Go tooling find `threads`.
-static ALIASES: &[(&str, &str)] = &[("goroutine", "threads")];
+/// Other names `lookup` accepts for predefined profiles: (alias, the profile's row as seen
+/// through it). Aliases are not listed by [`profiles`] (each profile appears once, under its
+/// own name) and cannot be taken by custom profiles. `goroutine`: Go's name for the
+/// all-stacks profile, so `/debug/pprof/goroutine` and Go tooling find `threads`; written
+/// through this name it carries Go's names too (sample and period type `goroutine`/`count`,
+/// text `goroutine profile: total N`), which is how scrapers recognise the profile type.
+static ALIASES: &[(&str, Predefined)] = &[(
+    "goroutine",
+    Predefined {
+        name: "threads",
+        count: threads::count,
+        write: |w, d| threads::write(w, "goroutine", d),
+    },
+)];
 
 fn predefined(name: &str) -> Option<&'static Predefined> {
-    let name = ALIASES
-        .iter()
-        .find(|(a, _)| *a == name)
-        .map_or(name, |(_, p)| p);
+    if let Some((_, p)) = ALIASES.iter().find(|(a, _)| *a == name) {
+        return Some(p);
+    }
     PREDEFINED.iter().find(|p| p.name == name)
 }
 

@@ -101,6 +101,9 @@ pub struct ServerStats {
     pub evicted: u64,
     /// Requests being answered now.
     pub active: usize,
+    /// Of those, requests waiting out their `seconds=N` (a delta between its two snapshots, a
+    /// CPU profile while it records).
+    pub waiting: usize,
 }
 
 #[derive(Default)]
@@ -118,6 +121,7 @@ struct Shared {
     config: ServerConfig,
     stop: AtomicBool,
     active: AtomicUsize,
+    waiting: AtomicUsize,
     counts: Counters,
 }
 
@@ -161,6 +165,7 @@ impl ServerHandle {
             timed_out: l(&c.timed_out),
             evicted: l(&c.evicted),
             active: self.shared.active.load(Ordering::Relaxed),
+            waiting: self.shared.waiting.load(Ordering::Relaxed),
         }
     }
 
@@ -215,6 +220,7 @@ pub fn serve_with(
         config,
         stop: AtomicBool::new(false),
         active: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
         counts: Counters::default(),
     });
     let poll_shared = Arc::clone(&shared);
@@ -460,6 +466,15 @@ const HANGUP: libc::c_short = 0;
 
 impl Waiter for ClientWaiter<'_> {
     fn wait(&self, d: Duration) -> bool {
+        self.shared.waiting.fetch_add(1, Ordering::AcqRel);
+        let done = self.wait_inner(d);
+        self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        done
+    }
+}
+
+impl ClientWaiter<'_> {
+    fn wait_inner(&self, d: Duration) -> bool {
         let end = Instant::now() + d;
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
