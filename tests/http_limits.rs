@@ -191,6 +191,7 @@ fn requests_past_max_requests_get_503_and_a_timeout_closes_a_silent_client() {
     c.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut b = Vec::new();
     assert!(matches!(c.read_to_end(&mut b), Ok(0)));
+    // Counted before the close.
     assert_eq!(server.stats().timed_out, 1);
     server.stop();
 }

@@ -297,21 +297,20 @@ impl PollLoop {
         }
     }
 
-    /// Closes the connections past their deadline.
+    /// Closes the connections past their deadline (counted first, so that a client that
+    /// sees its connection close also sees the count).
     fn expire(&mut self) {
         let now = Instant::now();
-        let mut timed_out = 0;
-        self.pending.retain(|c| {
-            let keep = c.deadline > now;
-            if !keep && !c.is_draining() {
-                timed_out += 1;
-            }
-            keep
-        });
+        let timed_out = self
+            .pending
+            .iter()
+            .filter(|c| c.deadline <= now && !c.is_draining())
+            .count();
         self.shared
             .counts
             .timed_out
-            .fetch_add(timed_out, Ordering::Relaxed);
+            .fetch_add(timed_out as u64, Ordering::Relaxed);
+        self.pending.retain(|c| c.deadline > now);
     }
 
     /// Milliseconds until the earliest deadline (rounded up), or -1 (wait for input).
@@ -338,8 +337,8 @@ impl PollLoop {
             }
             let _ = stream.set_nodelay(true);
             if self.pending.len() >= self.shared.config.max_pending {
-                self.pending.pop_front();
                 count(&self.shared.counts.evicted);
+                self.pending.pop_front();
             }
             self.pending
                 .push_back(Incoming::new(stream, self.shared.config.request_timeout));
@@ -387,7 +386,6 @@ impl PollLoop {
                 let _guard = tls::ProfilerGuard::enter();
                 let _active = ActiveGuard(&thread_shared);
                 answer(stream, req, arrived, &thread_shared);
-                count(&thread_shared.counts.answered);
             });
         if spawned.is_err() {
             // The closure, with the stream, is gone; answer on the clone if there is one.
@@ -437,6 +435,8 @@ fn answer(mut stream: TcpStream, req: Parsed, arrived: Instant, shared: &Shared)
         shared,
     };
     let r = handle_with(&request, &waiter);
+    // Counted before the answer leaves, so a client that has it sees the count.
+    count(&shared.counts.answered);
     let mut stall = shared.config.request_timeout;
     if let Some(wt) = shared.config.write_timeout {
         let left = (arrived + wt).saturating_duration_since(Instant::now());
