@@ -10,13 +10,15 @@
 //! A release that nobody waited for costs one relaxed load; one that ended some waiting is
 //! recorded, with probability 1/fraction, with the releasing stack, after the lock is given
 //! back (as Go does). The wrappers are 24 bytes larger than std's (the waiting-time
-//! accounting) and their guards one pointer larger. Condition
-//! variable waits always block, so every `Condvar` wait is an event (Go counts `sync.Cond`
-//! waits and channel operations the same way): from the call until the guard is back.
-//! `wait_while` / `wait_timeout_while` count as one event from the first real wait until
-//! they return, and none if the condition is false at once.
+//! accounting) and their guards one pointer larger.
 //!
-//! The recorded stack is the waiting thread's, with heaprof's frames trimmed; recording
+//! Condition variable waits always block, so every `Condvar` wait is a `block` event (Go
+//! counts `sync.Cond` waits and channel operations the same way): from the call until the
+//! guard is back. `wait_while` / `wait_timeout_while` count as one event from the first real
+//! wait until they return, and none if the condition is false at once. The mutex a wait
+//! releases is a release like any other for the `mutex` profile.
+//!
+//! The `block` stack is the waiting thread's, with heaprof's frames trimmed; recording
 //! happens after the lock was acquired (as in Go), adding one stack capture (~1–5 µs) to the
 //! hold time of sampled contended acquisitions only. Poisoning behaves exactly as std's.
 //!
@@ -29,11 +31,10 @@
 //! ```
 
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::{self as std_sync, LockResult, PoisonError, TryLockError, TryLockResult};
 use std::time::{Duration, Instant};
-
-use std::mem::ManuallyDrop;
 
 use crate::waiters::LockWaits;
 use crate::{block, mutex};
