@@ -56,7 +56,10 @@ fn churn(seed: usize) {
         }
     }
     for b in &large {
-        assert!(b.iter().all(|&x| x == 2), "every large block was replaced and intact");
+        assert!(
+            b.iter().all(|&x| x == 2),
+            "every large block was replaced and intact"
+        );
     }
 }
 
@@ -165,7 +168,11 @@ fn workload_runs_clean_in_this_build() {
         out.code,
         Some(0),
         "the workload failed{}:\n{}",
-        if asan_build() { " under AddressSanitizer" } else { "" },
+        if asan_build() {
+            " under AddressSanitizer"
+        } else {
+            ""
+        },
         out.stderr
     );
     assert!(!out.stderr.contains("AddressSanitizer"), "{}", out.stderr);
