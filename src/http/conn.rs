@@ -168,7 +168,8 @@ fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<(Head, bool)>, (u16, 
         Err(httparse::Error::TooManyHeaders) => {
             return Err((431, "request header fields too large".into()))
         }
-        Err(e) => return Err((400, format!("malformed HTTP request: {e}"))),
+        // Debug, not Display: httparse has Display only since a later 1.x.
+        Err(e) => return Err((400, format!("malformed HTTP request: {e:?}"))),
     };
     let (mut body_len, mut expect_continue) = (0usize, false);
     let mut lengths = 0;
