@@ -10,7 +10,7 @@
 //! check has proved the block is ours.
 //!
 //! # Layout
-//! [`reserve`] maps up to [`MAX_RESERVE`] (1 TiB) of address space, halving until the OS
+//! [`init`] maps up to [`MAX_RESERVE`] (1 TiB) of address space, halving until the OS
 //! agrees (valgrind, for one, allows 32 GiB), no less than [`MIN_RESERVE`]. A block lives in
 //! an *extent*: a power of two of at least [`MIN_EXTENT`] (128 KiB) bytes, aligned to its
 //! own size, so a block aligned to anything up to half its extent's size is aligned by
@@ -245,9 +245,10 @@ pub struct Block {
     pub pages: u32,
 }
 
-/// An extent for a block of `size` bytes at offset `off` (see [`live::offset`]
-/// (crate::live::offset)), with its pages writable. `None` when the region is missing or
-/// full, or the OS refused the pages (then the caller does not keep the sample).
+/// An extent for a block of `size` bytes at offset `off` (see
+/// [`live::offset`](crate::live::offset)), with its pages writable. `None` when the region
+/// is missing or full, or the OS refused the pages (then the caller does not keep the
+/// sample).
 pub fn alloc(off: usize, size: usize) -> Option<Block> {
     let got = (LEN.load(Ordering::Acquire) != 0)
         .then(|| off.checked_add(size).and_then(class_of))

@@ -22,12 +22,13 @@
 //!   512 KiB), [`write_heap_profile`], [`lookup`]`("heap" | "allocs" | "heap_peak")`.
 //! - The Go `Profile` API: [`profiles`], [`lookup`], [`Profile`] (custom count profiles with
 //!   `add`/`remove`/`track`), predefined `threadcreate`, `threads` (alias `goroutine`), `block`
-//!   (with [`sync`] and [`set_block_profile_rate`]).
+//!   and `mutex` (with [`sync`], [`set_block_profile_rate`] and [`set_mutex_profile_fraction`]).
 //! - CPU: [`start_cpu_profile`], [`stop_cpu_profile`], [`CpuProfile`].
 //! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`].
 //! - Operations: [`dump_on_signal`], [`init_from_env`] (`HEAPROF_*` variables), and with
 //!   feature `http`, `heaprof::http` (Go's `/debug/pprof` endpoints).
-//! - Reading profiles back: [`read_profile`], [`top_table`].
+//! - Reading profiles back: [`read_profile`], [`top_table`]; what changed between two
+//!   snapshots: [`profile_delta`] (Go's `seconds=N` delta profiles).
 //!
 //! # Limits
 //! - Linux x86_64 with glibc; elsewhere the crate builds and the allocator passes through.
@@ -52,6 +53,7 @@ mod config;
 mod count;
 mod cpu;
 mod custom;
+mod delta;
 mod dump;
 mod env;
 mod env_init;
@@ -64,6 +66,7 @@ mod labels;
 mod large_region;
 mod live;
 mod lock_order;
+mod mutex;
 mod once;
 mod peak;
 mod pprof;
@@ -80,6 +83,7 @@ mod threadcreate;
 mod threads;
 mod tls;
 mod unwind;
+mod waiters;
 
 pub use alloc::ProfilingAllocator;
 pub use config::{DEFAULT_SAMPLE_RATE, MAX_SAMPLE_RATE};
@@ -88,6 +92,7 @@ pub use cpu::{
     stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
 };
 pub use custom::ProfileKey;
+pub use delta::profile_delta;
 pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
 pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
@@ -144,6 +149,27 @@ pub fn block_profile_rate() -> u64 {
     block::rate()
 }
 
+/// Sets the mutex profile fraction (Go's `runtime.SetMutexProfileFraction`) and returns the
+/// previous one: `0` (the default) records nothing; `rate` records on average 1 in `rate`
+/// releases of a contended [`sync`] lock, each weighted by `rate` so the `mutex` profile's
+/// totals stay unbiased. As in Go, the time others waited is charged to the stack that
+/// released the lock (the end of the critical section that made them wait); the `block`
+/// profile charges the waiters.
+///
+/// ```
+/// assert_eq!(heaprof::set_mutex_profile_fraction(5), 0);
+/// assert_eq!(heaprof::mutex_profile_fraction(), 5);
+/// assert_eq!(heaprof::set_mutex_profile_fraction(0), 5);
+/// ```
+pub fn set_mutex_profile_fraction(rate: usize) -> usize {
+    mutex::set_fraction(rate)
+}
+
+/// The mutex profile fraction in force (0 = off); Go's `SetMutexProfileFraction(-1)`.
+pub fn mutex_profile_fraction() -> usize {
+    mutex::fraction()
+}
+
 /// Internals re-exported for the crate's own integration tests (`tests/`). Not a stable API.
 #[doc(hidden)]
 pub mod __private {
@@ -166,6 +192,10 @@ pub mod __private {
     /// Forgets the block profile's records (tests).
     pub fn reset_block_profile() {
         crate::block::reset()
+    }
+    /// Forgets the mutex profile's records (tests).
+    pub fn reset_mutex_profile() {
+        crate::mutex::reset()
     }
     pub use crate::unwind::{
         capture, capture_from_ucontext, global_init, stats, thread_init, UnwindStats, MAX_DEPTH,

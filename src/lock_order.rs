@@ -28,7 +28,8 @@
 //! once-cell of the crate is named in this file), and a fork test (`tests/fork_locks.rs`).
 
 use crate::fork::Hook;
-use crate::{arena, block, cpu, custom, dump, env, labels, large_region, peak, symbolize, tables};
+use crate::{arena, block, cpu, custom, dump, env, labels, large_region, mutex, peak};
+use crate::{symbolize, tables};
 use crate::{threadcreate, threads, unwind};
 
 /// The fork protocol: prepare runs top to bottom, parent and child bottom to top.
@@ -62,6 +63,15 @@ pub(crate) static HOOKS: &[Hook] = &[
     ),
     // The block profile's records (one map update per sampled wait, or a copy).
     Hook::lock("block::RECORDS", block::fork_prepare, block::fork_release),
+    // The mutex profile's records (one map update per sampled release, or a copy); the
+    // child also voids every lock's waiter count from before the fork (a new generation in
+    // `waiters`: those waiters are not in the child).
+    Hook::lock_with_child(
+        "mutex::RECORDS (and waiters::GENERATION)",
+        mutex::fork_prepare,
+        mutex::fork_release,
+        mutex::after_fork_child,
+    ),
     // Interned label sets (one map call, or a lookup by a writer).
     Hook::lock("labels::REGISTRY", labels::fork_prepare, labels::fork_release),
     // Held around every call into `backtrace` (its own global lock and cache).
@@ -106,8 +116,6 @@ pub(crate) static HOOKS: &[Hook] = &[
     ),
     Hook::reset_in_child("cpu::RING", cpu::after_fork_child_ring),
     Hook::reset_in_child("cpu::stacks::SEQ", cpu::after_fork_child_stacks),
-    // Request threads counted by the HTTP server (feature `http`).
-    Hook::reset_in_child("http::ACTIVE", http_after_fork_child),
     // ---- Nothing to do ----
     // Set once and read, never held: the child keeps the parent's values, which are right
     // (the handlers are registered, `init_from_env` and the at-exit hook ran or not, a
@@ -123,15 +131,13 @@ pub(crate) static HOOKS: &[Hook] = &[
     // a second slot); a creation-stack slot's key is one CAS; an arena free-list push or pop
     // is one CAS on the head (a slot taken and never used is lost, nothing more).
     Hook::nothing("stacktab / buckets slot claims, threadcreate::TABLE, arena::HEADS"),
+    // The HTTP server's counters and limits live in each server, whose threads do not exist
+    // in the child; a server the child starts has its own (feature `http`).
+    Hook::nothing("http::server::Shared (per server)"),
     // The dump thread does not exist in the child, and the dump signal's handler does not
     // write to the pipe outside the installing process (`dump::signal::OWNER_PID`).
     Hook::nothing("dump::signal::{WRITE_FD, OWNER_PID}"),
 ];
-
-fn http_after_fork_child() {
-    #[cfg(feature = "http")]
-    crate::http::after_fork_child();
-}
 
 /// For the fork protocol's tests (`tests/fork_locks.rs`, through `__private`): the list, and
 /// a way to hold each entry from another thread at the moment of a fork.
@@ -189,11 +195,6 @@ pub mod test_support {
             "cpu::stacks::SEQ" => (
                 || crate::cpu::hold_stacks_for_test(true),
                 || crate::cpu::hold_stacks_for_test(false),
-            ),
-            #[cfg(feature = "http")]
-            "http::ACTIVE" => (
-                || crate::http::hold_for_test(true),
-                || crate::http::hold_for_test(false),
             ),
             "cpu::RING" => return crate::cpu::hold_ring_slot_for_test(dur),
             _ => return Err(format!("{name:?} cannot be held by a test")),

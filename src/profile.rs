@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use crate::custom::{self, CustomProfile, ProfileKey};
 use crate::error::Error;
 use crate::heap::{self, HeapView};
-use crate::{block, count, tables, threadcreate, threads};
+use crate::{block, count, mutex, tables, threadcreate, threads};
 
 /// A profile heaprof records itself.
 struct Predefined {
@@ -68,19 +68,32 @@ static PREDEFINED: &[Predefined] = &[
         count: block::count,
         write: block::write,
     },
+    Predefined {
+        name: "mutex",
+        count: mutex::count,
+        write: mutex::write,
+    },
 ];
 
-/// Other names `lookup` accepts for predefined profiles: (alias, profile). Aliases are not
-/// listed by [`profiles`] (each profile appears once, under its own name) and cannot be
-/// taken by custom profiles. `goroutine`: Go's name for the all-stacks profile, so
-/// `/debug/pprof/goroutine` and Go tooling find `threads`.
-static ALIASES: &[(&str, &str)] = &[("goroutine", "threads")];
+/// Other names `lookup` accepts for predefined profiles: (alias, the profile's row as seen
+/// through it). Aliases are not listed by [`profiles`] (each profile appears once, under its
+/// own name) and cannot be taken by custom profiles. `goroutine`: Go's name for the
+/// all-stacks profile, so `/debug/pprof/goroutine` and Go tooling find `threads`; written
+/// through this name it carries Go's names too (sample and period type `goroutine`/`count`,
+/// text `goroutine profile: total N`), which is how scrapers recognise the profile type.
+static ALIASES: &[(&str, Predefined)] = &[(
+    "goroutine",
+    Predefined {
+        name: "threads",
+        count: threads::count,
+        write: |w, d| threads::write(w, "goroutine", d),
+    },
+)];
 
 fn predefined(name: &str) -> Option<&'static Predefined> {
-    let name = ALIASES
-        .iter()
-        .find(|(a, _)| *a == name)
-        .map_or(name, |(_, p)| p);
+    if let Some((_, p)) = ALIASES.iter().find(|(a, _)| *a == name) {
+        return Some(p);
+    }
     PREDEFINED.iter().find(|p| p.name == name)
 }
 
@@ -114,8 +127,9 @@ pub(crate) fn custom_of(p: &Profile) -> Option<&CustomProfile> {
 /// are handles to the same profile.
 ///
 /// Predefined: `allocs`, `heap` (sampled allocations), `threadcreate` (the stack that
-/// created each OS thread), `threads` (alias `goroutine`: every thread's stack now) and
-/// `block` (waits on [`crate::sync`] locks, with [`crate::set_block_profile_rate`]). Custom profiles ([`Profile::new`]) count live keys by the stack
+/// created each OS thread), `threads` (alias `goroutine`: every thread's stack now),
+/// `block` (waits on [`crate::sync`] locks, with [`crate::set_block_profile_rate`]) and
+/// `mutex` (the releases that made others wait, with [`crate::set_mutex_profile_fraction`]). Custom profiles ([`Profile::new`]) count live keys by the stack
 /// that added them — open files, connections, leases:
 ///
 /// ```

@@ -1,16 +1,24 @@
 //! `heaprof::sync`: drop-in wrappers over `std::sync::{Mutex, RwLock, Condvar}` that feed the
-//! `block` profile — Go's block profile for Rust locks.
+//! `block` and `mutex` profiles — Go's block and mutex profiles for Rust locks.
 //!
-//! Called by user code. With the block profile rate at 0 (the default, see
-//! [`crate::set_block_profile_rate`]) a lock costs one relaxed atomic load more than std's.
-//! With a rate set, a lock first tries `try_lock`; only when that fails (the lock is
-//! contended) is the wait timed and, if sampled, recorded with the waiting stack. Condition
-//! variable waits always block, so every `Condvar` wait is an event (Go counts `sync.Cond`
-//! waits and channel operations the same way): from the call until the guard is back.
-//! `wait_while` / `wait_timeout_while` count as one event from the first real wait until
-//! they return, and none if the condition is false at once.
+//! Called by user code. With both profiles off (the default, see
+//! [`crate::set_block_profile_rate`] and [`crate::set_mutex_profile_fraction`]) a lock costs
+//! two relaxed atomic loads more than std's and an unlock one. With either on, a lock first
+//! tries `try_lock`; only when that fails (the lock is contended) is the wait timed and, if
+//! sampled, recorded with the waiting stack (`block`), and the waiter registered with the lock
+//! so that the release that ends its wait is charged with it (`mutex`, see `crate::waiters`).
+//! A release that nobody waited for costs one relaxed load; one that ended some waiting is
+//! recorded, with probability 1/fraction, with the releasing stack, after the lock is given
+//! back (as Go does). The wrappers are 24 bytes larger than std's (the waiting-time
+//! accounting) and their guards one pointer larger.
 //!
-//! The recorded stack is the waiting thread's, with heaprof's frames trimmed; recording
+//! Condition variable waits always block, so every `Condvar` wait is a `block` event (Go
+//! counts `sync.Cond` waits and channel operations the same way): from the call until the
+//! guard is back. `wait_while` / `wait_timeout_while` count as one event from the first real
+//! wait until they return, and none if the condition is false at once. The mutex a wait
+//! releases is a release like any other for the `mutex` profile.
+//!
+//! The `block` stack is the waiting thread's, with heaprof's frames trimmed; recording
 //! happens after the lock was acquired (as in Go), adding one stack capture (~1–5 µs) to the
 //! hold time of sampled contended acquisitions only. Poisoning behaves exactly as std's.
 //!
@@ -23,11 +31,13 @@
 //! ```
 
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::{self as std_sync, LockResult, PoisonError, TryLockError, TryLockResult};
 use std::time::{Duration, Instant};
 
-use crate::block;
+use crate::waiters::LockWaits;
+use crate::{block, mutex};
 
 fn map_lock<G, H>(r: LockResult<G>, f: impl FnOnce(G) -> H) -> LockResult<H> {
     match r {
@@ -50,21 +60,69 @@ fn elapsed_ns(t0: Instant) -> u64 {
     t0.elapsed().as_nanos().min(u64::MAX as u128) as u64
 }
 
-/// Acquires with `try`, and on contention times `block` and records the wait.
+/// What a contended acquisition records: the block rate it was timed at (0: not timed) and
+/// whether the waiter registers for the mutex profile.
+#[derive(Clone, Copy)]
+struct Profiling {
+    block_rate: u64,
+    mutex: bool,
+}
+
+/// Acquires with `try`, and on contention waits through `contended`; with both profiles off,
+/// straight through `blocking`.
 #[inline(always)]
 fn acquire<G>(
     try_lock: impl FnOnce() -> TryLockResult<G>,
-    contended: impl FnOnce(u64) -> LockResult<G>,
+    contended: impl FnOnce(Profiling) -> LockResult<G>,
     blocking: impl FnOnce() -> LockResult<G>,
 ) -> LockResult<G> {
-    let rate = block::rate();
-    if rate == 0 {
+    let p = Profiling {
+        block_rate: block::rate(),
+        mutex: mutex::enabled(),
+    };
+    if p.block_rate == 0 && !p.mutex {
         return blocking();
     }
     match try_lock() {
         Ok(g) => Ok(g),
         Err(TryLockError::Poisoned(p)) => Err(p),
-        Err(TryLockError::WouldBlock) => contended(rate),
+        Err(TryLockError::WouldBlock) => contended(p),
+    }
+}
+
+/// A contended wait: registered with the lock's waiters and timed as the profiles ask.
+#[cold]
+#[inline(never)]
+fn wait_contended<G>(waits: &LockWaits, p: Profiling, wait: impl FnOnce() -> G) -> G {
+    if p.mutex {
+        waits.arrive();
+    }
+    let t0 = (p.block_rate != 0).then(Instant::now);
+    let g = wait();
+    if p.mutex {
+        waits.depart();
+    }
+    if let Some(t0) = t0 {
+        block::record(elapsed_ns(t0), p.block_rate);
+    }
+    g
+}
+
+/// Before a release: the waiting it ends (0 when nobody waited: one relaxed load).
+#[inline(always)]
+fn release_charge(waits: &LockWaits) -> u64 {
+    if waits.has_waiters() {
+        waits.release()
+    } else {
+        0
+    }
+}
+
+/// After a release that ended `charge` ns of waiting: the `mutex` profile's record.
+#[inline(always)]
+fn after_release(charge: u64) {
+    if charge != 0 {
+        mutex::record_release(charge);
     }
 }
 
@@ -77,19 +135,50 @@ fn acquire<G>(
 /// ```
 #[derive(Default)]
 pub struct Mutex<T: ?Sized> {
+    waits: LockWaits,
     inner: std_sync::Mutex<T>,
 }
 
 /// The guard of a [`Mutex`]; derefs to the data, unlocks when dropped.
 #[must_use = "if unused the Mutex will immediately unlock"]
 pub struct MutexGuard<'a, T: ?Sized + 'a> {
-    inner: std_sync::MutexGuard<'a, T>,
+    /// Dropped by hand in `Drop`, between the release accounting and its record.
+    inner: ManuallyDrop<std_sync::MutexGuard<'a, T>>,
+    waits: &'a LockWaits,
+}
+
+impl<'a, T: ?Sized> MutexGuard<'a, T> {
+    fn new(inner: std_sync::MutexGuard<'a, T>, waits: &'a LockWaits) -> Self {
+        MutexGuard {
+            inner: ManuallyDrop::new(inner),
+            waits,
+        }
+    }
+
+    /// Takes the std guard out without releasing it (for condition variable waits).
+    fn into_parts(self) -> (std_sync::MutexGuard<'a, T>, &'a LockWaits) {
+        let mut me = ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped (ManuallyDrop), so `inner` is taken exactly once and
+        // not dropped again by `MutexGuard::drop`.
+        let inner = unsafe { ManuallyDrop::take(&mut me.inner) };
+        (inner, me.waits)
+    }
+}
+
+impl<T: ?Sized> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        let charge = release_charge(self.waits);
+        // SAFETY: `inner` is dropped exactly once, here; the guard is gone after this call.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+        after_release(charge);
+    }
 }
 
 impl<T> Mutex<T> {
     /// A new unlocked mutex holding `value`.
     pub const fn new(value: T) -> Self {
         Mutex {
+            waits: LockWaits::new(),
             inner: std_sync::Mutex::new(value),
         }
     }
@@ -102,29 +191,24 @@ impl<T> Mutex<T> {
 
 impl<T: ?Sized> Mutex<T> {
     /// Locks, blocking until available (as `std::sync::Mutex::lock`); a contended wait is
-    /// recorded in the `block` profile when a rate is set.
+    /// recorded in the `block` profile, and charged to the releasing holder in the `mutex`
+    /// profile, when they are on.
     #[inline]
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
+        let guard = |inner| MutexGuard::new(inner, &self.waits);
         acquire(
             || self.try_lock(),
-            |rate| self.lock_contended(rate),
-            || map_lock(self.inner.lock(), |inner| MutexGuard { inner }),
+            |p| map_lock(wait_contended(&self.waits, p, || self.inner.lock()), guard),
+            || map_lock(self.inner.lock(), guard),
         )
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn lock_contended(&self, rate: u64) -> LockResult<MutexGuard<'_, T>> {
-        let t0 = Instant::now();
-        let r = self.inner.lock();
-        block::record(elapsed_ns(t0), rate);
-        map_lock(r, |inner| MutexGuard { inner })
     }
 
     /// Tries to lock without blocking (as `std::sync::Mutex::try_lock`); never recorded.
     #[inline]
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
-        map_try(self.inner.try_lock(), |inner| MutexGuard { inner })
+        map_try(self.inner.try_lock(), |inner| {
+            MutexGuard::new(inner, &self.waits)
+        })
     }
 
     /// Whether a holder panicked (as `std::sync::Mutex::is_poisoned`).
@@ -190,25 +274,49 @@ impl<T: ?Sized + fmt::Display> fmt::Display for MutexGuard<'_, T> {
 /// ```
 #[derive(Default)]
 pub struct RwLock<T: ?Sized> {
+    waits: LockWaits,
     inner: std_sync::RwLock<T>,
 }
 
 /// Shared guard of a [`RwLock`].
 #[must_use = "if unused the RwLock will immediately unlock"]
 pub struct RwLockReadGuard<'a, T: ?Sized + 'a> {
-    inner: std_sync::RwLockReadGuard<'a, T>,
+    /// Dropped by hand in `Drop`, between the release accounting and its record.
+    inner: ManuallyDrop<std_sync::RwLockReadGuard<'a, T>>,
+    waits: &'a LockWaits,
 }
 
 /// Exclusive guard of a [`RwLock`].
 #[must_use = "if unused the RwLock will immediately unlock"]
 pub struct RwLockWriteGuard<'a, T: ?Sized + 'a> {
-    inner: std_sync::RwLockWriteGuard<'a, T>,
+    /// Dropped by hand in `Drop`, between the release accounting and its record.
+    inner: ManuallyDrop<std_sync::RwLockWriteGuard<'a, T>>,
+    waits: &'a LockWaits,
+}
+
+impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
+    fn drop(&mut self) {
+        let charge = release_charge(self.waits);
+        // SAFETY: `inner` is dropped exactly once, here; the guard is gone after this call.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+        after_release(charge);
+    }
+}
+
+impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
+    fn drop(&mut self) {
+        let charge = release_charge(self.waits);
+        // SAFETY: `inner` is dropped exactly once, here; the guard is gone after this call.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+        after_release(charge);
+    }
 }
 
 impl<T> RwLock<T> {
     /// A new unlocked lock holding `value`.
     pub const fn new(value: T) -> Self {
         RwLock {
+            waits: LockWaits::new(),
             inner: std_sync::RwLock::new(value),
         }
     }
@@ -223,51 +331,47 @@ impl<T: ?Sized> RwLock<T> {
     /// Shared lock, blocking (as `std::sync::RwLock::read`); a contended wait is recorded.
     #[inline]
     pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
+        let guard = |inner| RwLockReadGuard {
+            inner: ManuallyDrop::new(inner),
+            waits: &self.waits,
+        };
         acquire(
             || self.try_read(),
-            |rate| self.read_contended(rate),
-            || map_lock(self.inner.read(), |inner| RwLockReadGuard { inner }),
+            |p| map_lock(wait_contended(&self.waits, p, || self.inner.read()), guard),
+            || map_lock(self.inner.read(), guard),
         )
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn read_contended(&self, rate: u64) -> LockResult<RwLockReadGuard<'_, T>> {
-        let t0 = Instant::now();
-        let r = self.inner.read();
-        block::record(elapsed_ns(t0), rate);
-        map_lock(r, |inner| RwLockReadGuard { inner })
     }
 
     /// Exclusive lock, blocking (as `std::sync::RwLock::write`); a contended wait is recorded.
     #[inline]
     pub fn write(&self) -> LockResult<RwLockWriteGuard<'_, T>> {
+        let guard = |inner| RwLockWriteGuard {
+            inner: ManuallyDrop::new(inner),
+            waits: &self.waits,
+        };
         acquire(
             || self.try_write(),
-            |rate| self.write_contended(rate),
-            || map_lock(self.inner.write(), |inner| RwLockWriteGuard { inner }),
+            |p| map_lock(wait_contended(&self.waits, p, || self.inner.write()), guard),
+            || map_lock(self.inner.write(), guard),
         )
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn write_contended(&self, rate: u64) -> LockResult<RwLockWriteGuard<'_, T>> {
-        let t0 = Instant::now();
-        let r = self.inner.write();
-        block::record(elapsed_ns(t0), rate);
-        map_lock(r, |inner| RwLockWriteGuard { inner })
     }
 
     /// Shared lock without blocking; never recorded.
     #[inline]
     pub fn try_read(&self) -> TryLockResult<RwLockReadGuard<'_, T>> {
-        map_try(self.inner.try_read(), |inner| RwLockReadGuard { inner })
+        map_try(self.inner.try_read(), |inner| RwLockReadGuard {
+            inner: ManuallyDrop::new(inner),
+            waits: &self.waits,
+        })
     }
 
     /// Exclusive lock without blocking; never recorded.
     #[inline]
     pub fn try_write(&self) -> TryLockResult<RwLockWriteGuard<'_, T>> {
-        map_try(self.inner.try_write(), |inner| RwLockWriteGuard { inner })
+        map_try(self.inner.try_write(), |inner| RwLockWriteGuard {
+            inner: ManuallyDrop::new(inner),
+            waits: &self.waits,
+        })
     }
 
     /// Whether a writer panicked.
@@ -330,6 +434,17 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLockWriteGuard<'_, T> {
     }
 }
 
+/// A condition variable wait releases the mutex inside std: the release that ends others'
+/// waiting is accounted here, before the wait (its record, if sampled, is taken with the lock
+/// still held, as the release itself happens inside the wait).
+fn release_for_wait<T: ?Sized>(
+    guard: MutexGuard<'_, T>,
+) -> (std_sync::MutexGuard<'_, T>, &LockWaits) {
+    let (inner, waits) = guard.into_parts();
+    after_release(release_charge(waits));
+    (inner, waits)
+}
+
 /// `std::sync::Condvar` over heaprof's [`MutexGuard`]; every wait is a `block` event.
 ///
 /// ```
@@ -355,23 +470,15 @@ impl Condvar {
 
     /// Blocks until notified (as `std::sync::Condvar::wait`; spurious wakeups possible).
     pub fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> LockResult<MutexGuard<'a, T>> {
+        let (inner, waits) = release_for_wait(guard);
         let rate = block::rate();
         if rate == 0 {
-            return map_lock(self.inner.wait(guard.inner), |inner| MutexGuard { inner });
+            return map_lock(self.inner.wait(inner), |g| MutexGuard::new(g, waits));
         }
-        self.wait_recorded(guard, rate)
-    }
-
-    #[inline(never)]
-    fn wait_recorded<'a, T>(
-        &self,
-        guard: MutexGuard<'a, T>,
-        rate: u64,
-    ) -> LockResult<MutexGuard<'a, T>> {
         let t0 = Instant::now();
-        let r = self.inner.wait(guard.inner);
+        let r = self.inner.wait(inner);
         block::record(elapsed_ns(t0), rate);
-        map_lock(r, |inner| MutexGuard { inner })
+        map_lock(r, |g| MutexGuard::new(g, waits))
     }
 
     /// Blocks while `condition` returns true (as `std::sync::Condvar::wait_while`).
@@ -386,13 +493,14 @@ impl Condvar {
         if !condition(&mut *guard) {
             return Ok(guard);
         }
+        let (inner, waits) = release_for_wait(guard);
         let rate = block::rate();
         let t0 = Instant::now();
-        let r = self.inner.wait_while(guard.inner, condition);
+        let r = self.inner.wait_while(inner, condition);
         if rate != 0 {
             block::record(elapsed_ns(t0), rate);
         }
-        map_lock(r, |inner| MutexGuard { inner })
+        map_lock(r, |g| MutexGuard::new(g, waits))
     }
 
     /// Blocks until notified or `dur` passed (as `std::sync::Condvar::wait_timeout`).
@@ -401,13 +509,14 @@ impl Condvar {
         guard: MutexGuard<'a, T>,
         dur: Duration,
     ) -> LockResult<(MutexGuard<'a, T>, std_sync::WaitTimeoutResult)> {
+        let (inner, waits) = release_for_wait(guard);
         let rate = block::rate();
         let t0 = Instant::now();
-        let r = self.inner.wait_timeout(guard.inner, dur);
+        let r = self.inner.wait_timeout(inner, dur);
         if rate != 0 {
             block::record(elapsed_ns(t0), rate);
         }
-        map_lock(r, |(inner, t)| (MutexGuard { inner }, t))
+        map_lock(r, |(g, t)| (MutexGuard::new(g, waits), t))
     }
 
     /// Blocks while `condition` is true, at most `dur` (as
@@ -423,18 +532,20 @@ impl Condvar {
     {
         if !condition(&mut *guard) {
             // std returns a "not timed out" result without waiting; get one the same way.
+            let (inner, waits) = guard.into_parts();
             return map_lock(
-                self.inner.wait_timeout_while(guard.inner, dur, |_| false),
-                |(inner, t)| (MutexGuard { inner }, t),
+                self.inner.wait_timeout_while(inner, dur, |_| false),
+                |(g, t)| (MutexGuard::new(g, waits), t),
             );
         }
+        let (inner, waits) = release_for_wait(guard);
         let rate = block::rate();
         let t0 = Instant::now();
-        let r = self.inner.wait_timeout_while(guard.inner, dur, condition);
+        let r = self.inner.wait_timeout_while(inner, dur, condition);
         if rate != 0 {
             block::record(elapsed_ns(t0), rate);
         }
-        map_lock(r, |(inner, t)| (MutexGuard { inner }, t))
+        map_lock(r, |(g, t)| (MutexGuard::new(g, waits), t))
     }
 
     /// Wakes one waiter.

@@ -22,7 +22,7 @@ fn env_enables_dumps_with_prefix_profiles_and_at_exit() {
             ("HEAPROF_DUMP_SIGNAL", "usr2"),
             ("HEAPROF_DUMP_DIR", dumps.to_str().unwrap()),
             ("HEAPROF_DUMP_PREFIX", "svc"),
-            ("HEAPROF_DUMP_PROFILES", "heap, allocs"),
+            ("HEAPROF_DUMP_PROFILES", "heap, allocs, mutex"),
             ("HEAPROF_DUMP_AT_EXIT", "at-exit.pb.gz"),
             ("HEAPROF_RATE", "16k"),
         ],
@@ -32,7 +32,10 @@ fn env_enables_dumps_with_prefix_profiles_and_at_exit() {
     s.wait_stderr(|l| l.starts_with("heaprof: dump 1 "));
     let pid = s.pid;
     let stats = s.finish();
-    assert_eq!((stats.files_written, stats.write_errors), (2, 0));
+    assert_eq!((stats.files_written, stats.write_errors), (3, 0));
+    let mutex =
+        common::decode(&std::fs::read(dumps.join(format!("svc.{pid}.1.mutex.pb.gz"))).unwrap());
+    assert_eq!(common::sample_type(&mutex, 1), "delay");
     for name in ["heap", "allocs"] {
         let f = dumps.join(format!("svc.{pid}.1.{name}.pb.gz"));
         let p = common::decode(&std::fs::read(&f).unwrap());

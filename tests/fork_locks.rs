@@ -135,6 +135,25 @@ fn child_ops() -> i32 {
     );
     common::decode(&write("block", 0));
 
+    // A contended `heaprof::sync::Mutex`: the release that kept a waiter waiting is recorded.
+    heaprof::set_mutex_profile_fraction(1);
+    let m = Arc::new(heaprof::sync::Mutex::new(0u32));
+    let held = m.lock().unwrap();
+    let waiter = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || *m.lock().unwrap() += 1)
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    drop(held);
+    waiter.join().unwrap();
+    heaprof::set_mutex_profile_fraction(0);
+    check!(
+        heaprof::lookup("mutex").unwrap().count() >= 1,
+        5,
+        "no mutex record"
+    );
+    common::decode(&write("mutex", 0));
+
     let (started, stop) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
@@ -270,7 +289,7 @@ fork_while_held! {
     cpu_handler_in_flight => "cpu::{ACTIVE, RUNNING, ITIMER_MODE, IN_HANDLER}",
     cpu_ring_slot_claimed => "cpu::RING",
     cpu_stack_snapshot_refresh => "cpu::stacks::SEQ",
-    http_requests => "http::ACTIVE",
+    mutex_records => "mutex::RECORDS (and waiters::GENERATION)",
     large_region => "large_region::LOCK",
 }
 

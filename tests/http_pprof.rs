@@ -140,8 +140,33 @@ fn debug_pprof_over_http() {
         );
         assert_eq!(r.header("X-Go-Pprof"), Some("1"));
     }
-    let delta = get(&addr, "/debug/pprof/heap?seconds=1");
-    assert_eq!(delta.status, 501, "{}", delta.text());
+    // Two deltas at once and a plain fetch beside them: each request has its own thread.
+    let deltas: Vec<_> = ["heap", "allocs"]
+        .into_iter()
+        .map(|name| {
+            let addr = addr.clone();
+            std::thread::spawn(move || get(&addr, &format!("/debug/pprof/{name}?seconds=2")))
+        })
+        .collect();
+    let plain = get(&addr, "/debug/pprof/allocs");
+    assert_eq!(plain.status, 200);
+    for (d, name) in deltas.into_iter().zip(["heap", "allocs"]) {
+        let d = d.join().unwrap();
+        assert_eq!(d.status, 200, "{}", d.text());
+        assert_eq!(
+            d.header("Content-Disposition"),
+            Some(format!("attachment; filename=\"{name}-delta\"").as_str())
+        );
+        let p = common::decode(&d.body);
+        assert!(p.duration_nanos >= 2_000_000_000, "{}", p.duration_nanos);
+        assert_eq!(common::sample_type(&p, 1), "alloc_space");
+        // The example allocates continuously: its request buffers were allocated in the window.
+        let sites = common::totals_by_site(&p, &["handle_request"]);
+        assert!(
+            sites.get("handle_request").is_some_and(|v| v[1] > 0),
+            "{sites:?}"
+        );
+    }
 
     // CPU: a 1-second profile of the busy server; a second request while it runs gets Go's
     // 500; go tool pprof reads the endpoint.

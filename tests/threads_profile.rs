@@ -220,6 +220,15 @@ fn goroutine_is_an_alias_not_listed_twice() {
         heaprof::Profile::try_new("goroutine"),
         Err(heaprof::Error::DuplicateProfile(_))
     ));
+    // Written through Go's name, the profile carries Go's names (how scrapers recognise it).
+    let goroutine = heaprof::lookup("goroutine").unwrap();
+    let mut pb = Vec::new();
+    goroutine.write_to(&mut pb, 0).unwrap();
+    let p = common::decode(&pb);
+    assert_eq!(common::sample_type(&p, 0), "goroutine");
+    let mut txt = Vec::new();
+    goroutine.write_to(&mut txt, 1).unwrap();
+    assert!(txt.starts_with(b"goroutine profile: total "));
 }
 
 #[test]
@@ -317,10 +326,7 @@ fn go_tool_pprof_reads_debug0_and_debug1() {
     let mut pb = Vec::new();
     threads().write_to(&mut pb, 0).unwrap();
     let mut txt = Vec::new();
-    heaprof::lookup("goroutine")
-        .unwrap()
-        .write_to(&mut txt, 1)
-        .unwrap();
+    threads().write_to(&mut txt, 1).unwrap();
     let text = String::from_utf8(txt.clone()).unwrap();
     let total: usize = text
         .lines()

@@ -192,8 +192,21 @@ pub struct ContentionRecord<'a> {
 /// cycles → ns conversion is the identity. Records with the same (trimmed) stack are merged;
 /// sorted by delay desc, then address text. Ends with the memory map, as the count text.
 pub fn write_contention_text<W: Write>(
+    w: W,
+    profile_name: &str,
+    records: &[ContentionRecord],
+    sym: &mut Symbolizer,
+    trim: Option<fn(&str) -> bool>,
+) -> io::Result<()> {
+    write_contention_text_with(w, profile_name, &[], records, sym, trim)
+}
+
+/// [`write_contention_text`] with more `key=value` header lines after `cycles/second` (Go's
+/// mutex profile writes `sampling period=N`, which the parser multiplies every value by).
+pub fn write_contention_text_with<W: Write>(
     mut w: W,
     profile_name: &str,
+    header: &[(&str, String)],
     records: &[ContentionRecord],
     sym: &mut Symbolizer,
     trim: Option<fn(&str) -> bool>,
@@ -210,6 +223,9 @@ pub fn write_contention_text<W: Write>(
     let mut out = String::new();
     let _ = writeln!(out, "--- {profile_name}:");
     let _ = writeln!(out, "cycles/second=1000000000");
+    for (k, v) in header {
+        let _ = writeln!(out, "{k}={v}");
+    }
     for ((addrs, comments), (count, delay)) in &groups {
         let _ = writeln!(out, "{delay} {count} @{addrs}");
         out.push_str(comments);

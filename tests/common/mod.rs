@@ -73,22 +73,7 @@ pub fn top_names(p: &proto::Profile) -> Vec<String> {
 /// Runs `go tool pprof ARGS`. `None` (after printing why) when Go is not installed and we
 /// are not in CI; in CI a missing Go fails the test.
 pub fn go_pprof(args: &[&str]) -> Option<String> {
-    let go = ["go", "/usr/lib/go/bin/go", "/usr/bin/go"]
-        .into_iter()
-        .find(|g| {
-            Command::new(g)
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(go) = go else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "go is required in CI (Debian package golang-go)"
-        );
-        eprintln!("skipping go tool pprof check: go is not installed");
-        return None;
-    };
+    let go = go_binary()?;
     let home = std::env::temp_dir().join("heaprof-go-home");
     let out = Command::new(go)
         .arg("tool")
@@ -106,6 +91,27 @@ pub fn go_pprof(args: &[&str]) -> Option<String> {
         "go tool pprof {args:?} failed:\n{text}"
     );
     Some(text)
+}
+
+/// The `go` command. `None` (after printing why) when Go is not installed and we are not in
+/// CI; in CI a missing Go fails the test.
+pub fn go_binary() -> Option<&'static str> {
+    let go = ["go", "/usr/lib/go/bin/go", "/usr/bin/go"]
+        .into_iter()
+        .find(|g| {
+            Command::new(g)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if go.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "go is required in CI (Debian package golang-go)"
+        );
+        eprintln!("skipping the Go check: go is not installed");
+    }
+    go
 }
 
 /// A scratch file path unique to this test process.

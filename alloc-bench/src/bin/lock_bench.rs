@@ -1,5 +1,6 @@
-//! ns per uncontended lock/unlock, one thread: `heaprof::sync::Mutex` (block profile rate 0,
-//! the default, and rate 1) vs `std::sync::Mutex`. Run with
+//! ns per uncontended lock/unlock, one thread: `heaprof::sync::Mutex` with both profiles off
+//! (the default), the block profile at rate 1, the mutex profile at fraction 1 and 100, vs
+//! `std::sync::Mutex`. Run with
 //! `cargo run -p alloc-bench --release --bin lock_bench [iterations]`.
 
 use std::hint::black_box;
@@ -43,31 +44,37 @@ fn main() {
     let rounds = 9;
     let sm = std::sync::Mutex::new(0u64);
     let hm = heaprof::sync::Mutex::new(0u64);
-    // Interleaved, so drifting machine load hits all three alike.
-    let mut results = [Vec::new(), Vec::new(), Vec::new()];
+    // Interleaved, so drifting machine load hits all of them alike.
+    let configs: [(&str, u64, usize); 4] = [
+        ("both profiles off", 0, 0),
+        ("block rate 1", 1, 0),
+        ("mutex fraction 1", 0, 1),
+        ("mutex fraction 100", 0, 100),
+    ];
+    let mut std_ns = Vec::new();
+    let mut results = vec![Vec::new(); configs.len()];
     for _ in 0..3 {
-        results[0].push(median_ns(rounds, n, || std_loop(&sm, n)));
+        std_ns.push(median_ns(rounds, n, || std_loop(&sm, n)));
+        for (i, &(_, block, fraction)) in configs.iter().enumerate() {
+            heaprof::set_block_profile_rate(block);
+            heaprof::set_mutex_profile_fraction(fraction);
+            results[i].push(median_ns(rounds, n, || heaprof_loop(&hm, n)));
+        }
         heaprof::set_block_profile_rate(0);
-        results[1].push(median_ns(rounds, n, || heaprof_loop(&hm, n)));
-        heaprof::set_block_profile_rate(1);
-        results[2].push(median_ns(rounds, n, || heaprof_loop(&hm, n)));
-        heaprof::set_block_profile_rate(0);
+        heaprof::set_mutex_profile_fraction(0);
     }
     let best = |v: &Vec<f64>| v.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
         "uncontended lock+unlock, 1 thread, {n} iterations x {rounds} rounds x 3 (best median):"
     );
-    println!(
-        "  std::sync::Mutex                    {:6.2} ns",
-        best(&results[0])
-    );
-    println!(
-        "  heaprof::sync::Mutex, rate 0        {:6.2} ns",
-        best(&results[1])
-    );
-    println!(
-        "  heaprof::sync::Mutex, rate 1        {:6.2} ns (try_lock first)",
-        best(&results[2])
-    );
+    let base = best(&std_ns);
+    println!("  std::sync::Mutex                          {base:6.2} ns");
+    for (i, (name, _, _)) in configs.iter().enumerate() {
+        let ns = best(&results[i]);
+        println!(
+            "  heaprof::sync::Mutex, {name:<19} {ns:6.2} ns  ({:.3} x std)",
+            ns / base
+        );
+    }
     black_box((sm, hm));
 }

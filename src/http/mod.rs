@@ -1,6 +1,7 @@
 //! `/debug/pprof` over HTTP (cargo feature `http`): the endpoints of Go's `net/http/pprof`
-//! that apply to heaprof, as a framework-agnostic [`handle`] function and a small server on
-//! its own thread ([`serve`], using `tiny_http`).
+//! that apply to heaprof, as framework-agnostic functions ([`handle`], [`handle_request`])
+//! and a small bounded server of its own ([`serve`], [`serve_with`]: see [`ServerConfig`]
+//! for what it holds at most).
 //!
 //! Called by the application. Everything here runs on request threads under the
 //! profiler's guard; nothing here may run inside the allocator or a signal handler.
@@ -11,16 +12,20 @@
 //! | path | answer |
 //! |---|---|
 //! | `/debug/pprof/` | HTML index: every profile with its count, links to `?debug=1` |
-//! | `/debug/pprof/NAME` | profile `NAME` (`heap`, `allocs`, `threadcreate`, custom): gzip protobuf as `application/octet-stream` with `Content-Disposition`; `?debug=N` (N ≠ 0): text, `text/plain; charset=utf-8` |
+//! | `/debug/pprof/NAME` | profile `NAME` (`heap`, `allocs`, `block`, `mutex`, `threadcreate`, `goroutine`, custom): gzip protobuf as `application/octet-stream` with `Content-Disposition`; `?debug=N` (N ≠ 0): text, `text/plain; charset=utf-8`; `gc=N` accepted and ignored (there is no GC) |
+//! | `/debug/pprof/NAME?seconds=N` | delta profile: the profile now, again after N seconds, the difference (`filename="NAME-delta"`), for `allocs`, `block`, `goroutine` (`threads`), `heap`, `mutex`, `threadcreate` |
 //! | `/debug/pprof/cmdline` | the command line, NUL-separated |
-//! | `/debug/pprof/symbol?0xADDR+0xADDR` | `num_symbols: 1`, then `0xADDR name` lines (GET only) |
-//! | `/debug/pprof/profile` | CPU profile: `404 CPU profiling not available in this build` until wired |
+//! | `/debug/pprof/symbol?0xADDR+0xADDR` (or POST body) | `num_symbols: 1`, then `0xADDR name` lines |
+//! | `/debug/pprof/profile?seconds=N` | CPU profile of N seconds (default 30) |
 //!
-//! Errors are `text/plain; charset=utf-8` with `X-Go-Pprof: 1`, like Go's: unknown profile
-//! → 404 `Unknown profile`; a `seconds` that is not a positive integer → 400; `seconds`
-//! with `debug` → 400; `seconds` on a profile other than heap/allocs/threadcreate → 400.
-//! Delta profiles (`seconds=N` on heap/allocs/threadcreate) are not implemented: 501 with a
-//! message (fetch twice and use `go tool pprof -base old new`).
+//! Errors are `text/plain; charset=utf-8` with `X-Go-Pprof: 1`, with Go's texts: unknown
+//! profile → 404 `Unknown profile`; `seconds` not a positive integer → 400 `invalid value for
+//! "seconds" - must be a positive integer`; `seconds` on a profile without deltas (custom,
+//! `heap_peak`) → 400 `"seconds" parameter is not supported for this profile type`; a
+//! duration at or past the server's write timeout ([`Request::write_timeout`]) → 400
+//! `profile duration exceeds server's WriteTimeout`; `seconds` with `debug` ≠ 0 → 400
+//! `seconds and debug params are incompatible`. A waiting request (delta or CPU profile)
+//! holds only its own thread.
 //!
 //! Mounting in another framework, e.g. axum (text only, not compiled here: axum is not a
 //! dependency of heaprof):
@@ -44,27 +49,25 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::error::Error;
 use crate::profile;
 use crate::symbolize::Symbolizer;
 use crate::tls;
+
+mod conn;
+mod delta;
+mod query;
+mod server;
+
+use query::{go_atoi, html_escape, percent_decode, percent_encode, Query};
+pub use server::{serve, serve_with, ServerConfig, ServerHandle};
 
 /// The address Go programs conventionally serve pprof on; loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:6060";
 
 const PREFIX: &str = "/debug/pprof/";
-
-/// Requests served at the same time; more get `503`.
-const MAX_CONCURRENT: usize = 4;
-
-/// Profiles for which Go serves `seconds=N` delta profiles.
-const DELTA_PROFILES: &[&str] = &["allocs", "heap", "threadcreate"];
 
 /// An HTTP response, independent of any server framework.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,8 +116,53 @@ impl Response {
     }
 }
 
+/// One request, for [`handle_request`]: what a framework hands its handler.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, … (only `/debug/pprof/symbol` reads a `POST` body; every path answers
+    /// any method, as Go's handlers do).
+    pub method: &'a str,
+    /// The request target's path and query, e.g. `"/debug/pprof/heap?seconds=30"`.
+    pub path_and_query: &'a str,
+    /// The request body (empty for `GET`).
+    pub body: &'a [u8],
+    /// The serving server's write timeout (Go's `http.Server.WriteTimeout`), if it has one:
+    /// a `seconds=N` at or past it is refused with 400, as Go does, instead of being cut off.
+    pub write_timeout: Option<Duration>,
+}
+
+impl<'a> Request<'a> {
+    /// A `GET` of `path_and_query` with no body and no write timeout.
+    pub fn get(path_and_query: &'a str) -> Self {
+        Request {
+            method: "GET",
+            path_and_query,
+            body: &[],
+            write_timeout: None,
+        }
+    }
+}
+
+/// How a handler waits: the plain [`handle_request`] sleeps; the server's requests also end
+/// their wait when the client hangs up or the server stops.
+pub(crate) trait Waiter {
+    /// Waits `d`; `false` if the request was cancelled before the end.
+    fn wait(&self, d: Duration) -> bool;
+}
+
+/// Sleeps the whole time.
+struct Sleep;
+
+impl Waiter for Sleep {
+    fn wait(&self, d: Duration) -> bool {
+        std::thread::sleep(d);
+        true
+    }
+}
+
 /// Answers one `GET` of `path_and_query` (e.g. `"/debug/pprof/heap?debug=1"`), the way Go's
 /// `net/http/pprof` does. Paths outside `/debug/pprof/` get 404; `/debug/pprof` redirects.
+/// A `seconds=N` request sleeps N seconds on the calling thread.
 ///
 /// ```
 /// let r = heaprof::http::handle("/debug/pprof/heap?debug=1");
@@ -123,10 +171,31 @@ impl Response {
 /// assert_eq!(heaprof::http::handle("/debug/pprof/nope").status, 404);
 /// ```
 pub fn handle(path_and_query: &str) -> Response {
+    handle_request(&Request::get(path_and_query))
+}
+
+/// Answers `request` (any method; a `POST` body is read by `/debug/pprof/symbol`), the way
+/// Go's `net/http/pprof` does; see [`handle`].
+///
+/// ```
+/// use heaprof::http::{handle_request, Request};
+/// use std::time::Duration;
+/// let r = handle_request(&Request {
+///     write_timeout: Some(Duration::from_secs(10)),
+///     ..Request::get("/debug/pprof/heap?seconds=30")
+/// });
+/// assert_eq!((r.status, r.body.as_slice()), (400, &b"profile duration exceeds server's WriteTimeout\n"[..]));
+/// ```
+pub fn handle_request(request: &Request) -> Response {
+    handle_with(request, &Sleep)
+}
+
+/// [`handle_request`] with the server's [`Waiter`].
+pub(crate) fn handle_with(request: &Request, waiter: &dyn Waiter) -> Response {
     let _guard = tls::ProfilerGuard::enter();
-    let (raw_path, raw_query) = match path_and_query.split_once('?') {
+    let (raw_path, raw_query) = match request.path_and_query.split_once('?') {
         Some((p, q)) => (p, q),
-        None => (path_and_query, ""),
+        None => (request.path_and_query, ""),
     };
     let Some(path) = percent_decode(raw_path, false) else {
         return Response::error(400, "invalid escape in the URL path");
@@ -139,37 +208,64 @@ pub fn handle(path_and_query: &str) -> Response {
     let Some(name) = path.strip_prefix(PREFIX) else {
         return Response::error(404, "404 page not found");
     };
-    let query = Query::parse(raw_query);
-    let result = panic::catch_unwind(AssertUnwindSafe(|| route(name, &query, raw_query)));
+    let ctx = Ctx {
+        request,
+        query: Query::parse(raw_query),
+        raw_query,
+        waiter,
+    };
+    let result = panic::catch_unwind(AssertUnwindSafe(|| route(name, &ctx)));
     result.unwrap_or_else(|_| Response::error(500, "heaprof: the profile writer panicked"))
 }
 
-/// The router: one arm per endpoint. The CPU route is [`cpu_profile`].
-fn route(name: &str, query: &Query, raw_query: &str) -> Response {
+/// What a handler knows of its request.
+struct Ctx<'a> {
+    request: &'a Request<'a>,
+    query: Query,
+    raw_query: &'a str,
+    waiter: &'a dyn Waiter,
+}
+
+impl Ctx<'_> {
+    /// Go's `durationExceedsWriteTimeout`.
+    fn exceeds_write_timeout(&self, seconds: f64) -> bool {
+        self.request
+            .write_timeout
+            .is_some_and(|t| !t.is_zero() && seconds >= t.as_secs_f64())
+    }
+}
+
+/// The router: one arm per endpoint.
+fn route(name: &str, ctx: &Ctx) -> Response {
     match name {
         "" => index(),
         "cmdline" => cmdline(),
-        "symbol" => symbol(raw_query),
-        "profile" => cpu_profile(query),
+        "symbol" => symbol(ctx),
+        "profile" => cpu_profile(ctx),
         "trace" => Response::error(404, "execution traces are not available in heaprof"),
-        _ => named_profile(name, query),
+        _ => named_profile(name, ctx),
     }
 }
 
 /// `/debug/pprof/profile?seconds=N`: Go's CPU profile (N defaults to 30 when absent,
 /// invalid or ≤ 0). A profile already running (another request, or the application's own)
-/// gives Go's 500 `Could not enable CPU profiling: cpu profiling already in use`.
-fn cpu_profile(query: &Query) -> Response {
-    let seconds = query
+/// gives Go's 500 `Could not enable CPU profiling: cpu profiling already in use`. A client
+/// that hangs up ends the profile early, as in Go.
+fn cpu_profile(ctx: &Ctx) -> Response {
+    let seconds = ctx
+        .query
         .get("seconds")
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&s| s > 0)
         .unwrap_or(30);
+    if ctx.exceeds_write_timeout(seconds as f64) {
+        return Response::error(400, "profile duration exceeds server's WriteTimeout");
+    }
     let body = SharedBuf::default();
     if let Err(e) = crate::start_cpu_profile(body.clone()) {
         return Response::error(500, &format!("Could not enable CPU profiling: {e}"));
     }
-    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    ctx.waiter.wait(Duration::from_secs(seconds));
     match crate::stop_cpu_profile_result() {
         Some(Err(e)) => Response::error(500, &format!("Could not write CPU profile: {e}")),
         _ => binary(body.take(), "profile"),
@@ -199,33 +295,15 @@ impl io::Write for SharedBuf {
     }
 }
 
-fn named_profile(name: &str, query: &Query) -> Response {
+/// Go's `handler.ServeHTTP`: the profile, its delta with `seconds`, its text with `debug`.
+fn named_profile(name: &str, ctx: &Ctx) -> Response {
     let Some(p) = profile::lookup(name) else {
         return Response::error(404, "Unknown profile");
     };
-    let debug = query.get("debug").map_or(0, go_atoi);
-    if let Some(sec) = query.get("seconds").filter(|s| !s.is_empty()) {
-        if !sec.parse::<i64>().is_ok_and(|s| s > 0) {
-            return Response::error(
-                400,
-                r#"invalid value for "seconds" - must be a positive integer"#,
-            );
-        }
-        if !DELTA_PROFILES.contains(&name) {
-            return Response::error(
-                400,
-                r#""seconds" parameter is not supported for this profile type"#,
-            );
-        }
-        if debug != 0 {
-            return Response::error(400, "seconds and debug params are incompatible");
-        }
-        return Response::error(
-            501,
-            "delta profiles (seconds=N) are not implemented by heaprof; \
-             fetch the profile twice and compare with go tool pprof -base OLD NEW",
-        );
+    if let Some(sec) = ctx.query.get("seconds").filter(|s| !s.is_empty()) {
+        return delta::serve(&p, name, sec, ctx);
     }
+    let debug = ctx.query.get("debug").map_or(0, go_atoi);
     let debug_u8 = match debug {
         0 => 0,
         d if d < 0 => 1,
@@ -241,6 +319,7 @@ fn named_profile(name: &str, query: &Query) -> Response {
     binary(body, name)
 }
 
+/// A profile as Go sends it: `application/octet-stream`, `attachment; filename="NAME"`.
 fn binary(body: Vec<u8>, name: &str) -> Response {
     let mut r = Response::new(200, "application/octet-stream", body);
     let file = name.replace(['"', '\\', '\r', '\n'], "_");
@@ -294,8 +373,12 @@ fn index() -> Response {
 fn description(name: &str) -> &'static str {
     match name {
         "allocs" => "A sampling of all past memory allocations",
+        "block" => "Stack traces that led to blocking on synchronization primitives",
         "heap" => "A sampling of memory allocations of live objects",
+        "heap_peak" => "A sampling of the live objects at the largest heap seen",
+        "mutex" => "Stack traces of holders of contended mutexes",
         "threadcreate" => "Stack traces that led to the creation of new OS threads",
+        "threads" => "Stack traces of all current threads (also served as goroutine)",
         "cmdline" => "The command line invocation of the current program",
         "profile" => "CPU profile. You can specify the duration in the seconds GET parameter.",
         "symbol" => "Maps program counters (0x-prefixed, +-separated) to function names",
@@ -314,11 +397,16 @@ fn cmdline() -> Response {
     Response::text(body)
 }
 
-/// Go's `Symbol` handler for GET: `+`-separated addresses in the raw query.
-fn symbol(raw_query: &str) -> Response {
+/// Go's `Symbol` handler: `+`-separated addresses in the raw query, or in the body of a POST.
+fn symbol(ctx: &Ctx) -> Response {
+    let words = if ctx.request.method.eq_ignore_ascii_case("POST") {
+        String::from_utf8_lossy(ctx.request.body).into_owned()
+    } else {
+        ctx.raw_query.to_string()
+    };
     let mut out = String::from("num_symbols: 1\n");
     let mut sym = Symbolizer::new();
-    for word in raw_query.split('+') {
+    for word in words.split('+').map(str::trim) {
         let hex = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X"));
         let Some(pc) = hex.and_then(|h| usize::from_str_radix(h, 16).ok()) else {
             continue;
@@ -329,206 +417,6 @@ fn symbol(raw_query: &str) -> Response {
         }
     }
     Response::text(out.into_bytes())
-}
-
-/// Go's `strconv.Atoi` with the error ignored: invalid → 0.
-fn go_atoi(s: &str) -> i64 {
-    s.parse().unwrap_or(0)
-}
-
-/// Query parameters, decoded; the first value of a key wins (Go's `FormValue`).
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(raw: &str) -> Self {
-        let pairs = raw
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                Some((percent_decode(k, true)?, percent_decode(v, true)?))
-            })
-            .collect();
-        Query(pairs)
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for &c in s.as_bytes() {
-        if c.is_ascii_alphanumeric() || b"-._~/".contains(&c) {
-            out.push(c as char);
-        } else {
-            let _ = write!(out, "%{c:02X}");
-        }
-    }
-    out
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\'' => out.push_str("&#39;"),
-            '"' => out.push_str("&#34;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A running `/debug/pprof` server. Dropping the handle leaves the server running;
-/// [`ServerHandle::stop`] ends it.
-pub struct ServerHandle {
-    addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for ServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle")
-            .field("addr", &self.addr)
-            .finish()
-    }
-}
-
-impl ServerHandle {
-    /// The address the server listens on (with the real port when bound to port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting requests and waits for the server thread to end (requests already
-    /// being answered finish on their own threads).
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            // A panic on the accept thread has been printed already; nothing to add.
-            let _ = t.join();
-        }
-    }
-}
-
-/// Serves [`handle`] over HTTP/1.1 at `addr` (e.g. [`DEFAULT_ADDR`], or `"127.0.0.1:0"`
-/// for a free port) from a thread of its own; each request is answered on a short-lived
-/// thread, at most 4 at a time (then `503`). Bind to loopback unless the network is
-/// trusted: profiles reveal code structure and allocation sizes.
-///
-/// ```no_run
-/// let server = heaprof::http::serve(heaprof::http::DEFAULT_ADDR)?;
-/// eprintln!("go tool pprof http://{}/debug/pprof/heap", server.local_addr());
-/// # Ok::<(), heaprof::Error>(())
-/// ```
-pub fn serve(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<ServerHandle, Error> {
-    let listener = TcpListener::bind(&addr)
-        .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr:?}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr:?}: {e}")))?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| Error::InvalidConfig(format!("cannot serve on {local}: {e}")))?;
-    let server = Arc::new(server);
-    let accept = Arc::clone(&server);
-    let thread = std::thread::Builder::new()
-        .name("heaprof-http".into())
-        .spawn(move || accept_loop(&accept))
-        .map_err(|e| Error::InvalidConfig(format!("cannot start the HTTP thread: {e}")))?;
-    Ok(ServerHandle {
-        addr: local,
-        server,
-        thread: Some(thread),
-    })
-}
-
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
-
-/// Tests of the fork protocol: counts as many request threads as the limit allows, or
-/// takes them back.
-pub(crate) fn hold_for_test(held: bool) {
-    if held {
-        ACTIVE.fetch_add(MAX_CONCURRENT, Ordering::AcqRel);
-    } else {
-        ACTIVE.fetch_sub(MAX_CONCURRENT, Ordering::AcqRel);
-    }
-}
-
-/// In a forked child: the parent's request threads do not exist there, so none is active
-/// (a server the child starts would otherwise count them against its limit).
-pub(crate) fn after_fork_child() {
-    ACTIVE.store(0, Ordering::Relaxed);
-}
-
-fn accept_loop(server: &tiny_http::Server) {
-    let _guard = tls::ProfilerGuard::enter();
-    for request in server.incoming_requests() {
-        if ACTIVE.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
-            ACTIVE.fetch_sub(1, Ordering::AcqRel);
-            respond(
-                request,
-                Response::error(503, "too many concurrent profile requests"),
-            );
-            continue;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("heaprof-http-req".into())
-            .spawn(move || {
-                let _guard = tls::ProfilerGuard::enter();
-                let r = handle(request.url());
-                respond(request, r);
-                ACTIVE.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            // The request was moved into the closure that could not start: its connection
-            // is dropped (the client sees a reset). Nothing else to undo.
-            ACTIVE.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-fn respond(request: tiny_http::Request, r: Response) {
-    let mut out = tiny_http::Response::from_data(r.body).with_status_code(r.status);
-    for (k, v) in &r.headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-            out = out.with_header(h);
-        }
-    }
-    // The client may have gone away; that is its business, not the profiler's.
-    let _ = request.respond(out);
 }
 
 #[cfg(test)]
@@ -549,8 +437,6 @@ mod tests {
             assert_eq!(r.status, 400, "seconds={bad}");
             assert!(String::from_utf8_lossy(&r.body).contains("seconds"));
         }
-        assert_eq!(handle("/debug/pprof/heap?seconds=2&debug=1").status, 400);
-        assert_eq!(handle("/debug/pprof/heap?seconds=2").status, 501);
         assert_eq!(handle("/debug/pprof/heap?seconds=").status, 200);
         assert_eq!(handle("/elsewhere").status, 404);
         assert_eq!(handle("/debug/pprof").header("location"), Some(PREFIX));
@@ -589,15 +475,11 @@ mod tests {
             );
         }
         assert!(html.contains("<a href='cmdline'>cmdline</a>"));
-        assert_eq!(html_escape("<a'&\">"), "&lt;a&#39;&amp;&#34;&gt;");
-        assert_eq!(percent_encode("a b/c?"), "a%20b/c%3F");
-        assert_eq!(percent_decode("a%20b+c", true).as_deref(), Some("a b c"));
-        assert_eq!(percent_decode("%zz", false), None);
         assert_eq!(handle("/debug/pprof/%zz").status, 400);
     }
 
     #[test]
-    fn symbol_names_a_known_function() {
+    fn symbol_names_a_known_function_from_the_query_or_a_post_body() {
         let pc = go_atoi as fn(&str) -> i64 as usize;
         let r = handle(&format!("/debug/pprof/symbol?{pc:#x}+junk"));
         let text = String::from_utf8(r.body).unwrap();
@@ -606,5 +488,77 @@ mod tests {
             text.contains(&format!("{pc:#x} ")) && text.contains("go_atoi"),
             "{text}"
         );
+        let body = format!("junk+{pc:#x}");
+        let r = handle_request(&Request {
+            method: "POST",
+            body: body.as_bytes(),
+            ..Request::get("/debug/pprof/symbol")
+        });
+        assert!(String::from_utf8(r.body).unwrap().contains("go_atoi"));
+    }
+
+    /// Go's checks of `seconds`, in Go's order, each with Go's text.
+    #[test]
+    fn delta_requests_are_checked_like_go() {
+        let err = |pq: &str, timeout: Option<u64>| {
+            let r = handle_request(&Request {
+                write_timeout: timeout.map(Duration::from_secs),
+                ..Request::get(pq)
+            });
+            assert_eq!(r.header("x-go-pprof"), Some("1"), "{pq}");
+            (r.status, String::from_utf8(r.body).unwrap())
+        };
+        let invalid = (
+            400,
+            "invalid value for \"seconds\" - must be a positive integer\n".into(),
+        );
+        let unsupported = (
+            400,
+            "\"seconds\" parameter is not supported for this profile type\n".into(),
+        );
+        let too_long = (
+            400,
+            "profile duration exceeds server's WriteTimeout\n".into(),
+        );
+        let with_debug = (400, "seconds and debug params are incompatible\n".into());
+        crate::Profile::new("http.delta_test");
+        assert_eq!(
+            err("/debug/pprof/http.delta_test?seconds=0&debug=1", Some(1)),
+            invalid
+        );
+        assert_eq!(
+            err("/debug/pprof/http.delta_test?seconds=1", None),
+            unsupported
+        );
+        assert_eq!(
+            err("/debug/pprof/heap_peak?seconds=1&debug=1", Some(1)),
+            unsupported
+        );
+        assert_eq!(
+            err("/debug/pprof/heap?seconds=10&debug=1", Some(10)),
+            too_long
+        );
+        assert_eq!(
+            err("/debug/pprof/goroutine?seconds=9&debug=1", Some(10)),
+            with_debug
+        );
+        assert_eq!(
+            err("/debug/pprof/no.such?seconds=x", None),
+            (404, "Unknown profile\n".into())
+        );
+        assert_eq!(err("/debug/pprof/profile?seconds=10", Some(10)), too_long);
+    }
+
+    #[test]
+    fn a_delta_is_a_named_attachment_covering_the_wait() {
+        let r = handle("/debug/pprof/threadcreate?seconds=1&gc=1");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.header("content-disposition"),
+            Some("attachment; filename=\"threadcreate-delta\"")
+        );
+        let p = crate::read_profile(&r.body).unwrap();
+        assert!(p.duration_nanos >= 1_000_000_000, "{}", p.duration_nanos);
+        assert!(p.time_nanos > 0);
     }
 }
