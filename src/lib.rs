@@ -67,6 +67,7 @@ mod pprof;
 mod profile;
 mod report;
 mod ring;
+mod rss;
 mod sampler;
 mod stacktab;
 mod symbolize;

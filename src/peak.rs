@@ -87,6 +87,11 @@ pub fn on_alloc(buckets: &BucketTable, slots: &[PeakSlot], bytes_w: u64) {
     SNAPSHOTTING.store(false, Ordering::Release);
 }
 
+/// The sampled in-use estimate now (bytes; 0 if frees briefly ran ahead).
+pub fn in_use() -> u64 {
+    INUSE_BYTES_W.load(Ordering::Relaxed).max(0) as u64
+}
+
 /// Counts the free of a sampled block of estimated `bytes_w`.
 pub fn on_free(bytes_w: u64) {
     INUSE_BYTES_W.fetch_sub(bytes_w as i64, Ordering::Relaxed);

@@ -1,0 +1,90 @@
+//! heaprof's own memory, as far as it is heaprof's to measure: the recording tables'
+//! resident pages (`mincore` over their mappings), the sampled-block arena's committed
+//! bytes, and the large sampled blocks' region.
+//!
+//! Called by profile writers only (it allocates a page vector for `mincore`). Not counted
+//! here: what heaprof allocates from the inner allocator under its reentrancy guard — the
+//! symbolizer's caches (the `backtrace` crate's parsed debug info) above all. Those are in
+//! glibc's in-use figure and outside the sampled heap, so in the breakdown they fall in
+//! "other"; measuring them needs a counter on the guarded allocation path.
+
+use crate::tables;
+
+/// heaprof's own memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Own {
+    /// Resident bytes of the stack and bucket tables (and the peak snapshot beside them).
+    pub tables_resident: u64,
+    /// Bytes the tables have mapped (virtual; what is never touched costs nothing).
+    pub tables_mapped: u64,
+    /// Bytes of the sampled-block arena made writable so far (its slots are written when
+    /// used, so nearly all of this is resident).
+    pub arena_committed: u64,
+    /// Bytes the large sampled blocks' region holds, when there is one.
+    pub large_region: Option<u64>,
+}
+
+impl Own {
+    /// What the breakdown counts as heaprof's: tables resident + arena committed + large
+    /// region.
+    pub fn total(&self) -> u64 {
+        self.tables_resident + self.arena_committed + self.large_region.unwrap_or(0)
+    }
+}
+
+/// heaprof's own memory now.
+pub fn read() -> Own {
+    let mut own = Own {
+        arena_committed: crate::arena::committed() as u64,
+        large_region: large_region_bytes(),
+        ..Own::default()
+    };
+    if let Some(t) = tables::get_if_created() {
+        for &(addr, len) in &t.mappings {
+            own.tables_mapped += len as u64;
+            own.tables_resident += resident(addr, len);
+        }
+    }
+    own
+}
+
+/// The large sampled blocks' region: bytes it holds (live and retained). The region is
+/// being added (`large_region::stats()`, retained bytes); until it is, there is none.
+fn large_region_bytes() -> Option<u64> {
+    None
+}
+
+/// Resident bytes of the mapping at `addr` (page-aligned) of `len` bytes.
+fn resident(addr: usize, len: usize) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: [addr, addr + pages·page) is one of the tables' own mappings (page-aligned,
+    // never unmapped); `vec` has one byte per page of it, as mincore(2) writes.
+    let r = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    if r != 0 {
+        return 0;
+    }
+    vec.iter().filter(|&&v| v & 1 != 0).count() as u64 * page as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mincore_counts_touched_pages_only() {
+        let len = 64 * 4096;
+        let p = crate::sys::map_zeroed(len);
+        assert!(!p.is_null());
+        assert_eq!(resident(p as usize, len), 0);
+        for i in [0usize, 5, 63] {
+            // SAFETY: inside the fresh mapping of `len` bytes.
+            unsafe { p.add(i * 4096).write(1) };
+        }
+        assert_eq!(resident(p as usize, len), 3 * 4096);
+        // SAFETY: our own mapping, not used afterwards.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
+}
