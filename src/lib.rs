@@ -25,7 +25,8 @@
 //!   (with [`sync`] and [`set_block_profile_rate`]).
 //! - CPU: [`start_cpu_profile`], [`stop_cpu_profile`], [`CpuProfile`].
 //! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`].
-//! - Operations: [`dump_on_signal`], [`init_from_env`] (`HEAPROF_*` variables), and with
+//! - Operations: [`dump_on_signal`], [`start_dumps`] (on a signal, on heap growth, on RSS),
+//!   [`init_from_env`] (`HEAPROF_*` variables), and with
 //!   feature `http`, `heaprof::http` (Go's `/debug/pprof` endpoints).
 //! - Reading profiles back: [`read_profile`], [`top_table`].
 //!
@@ -86,7 +87,9 @@ pub use cpu::{
     stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
 };
 pub use custom::ProfileKey;
-pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
+pub use dump::{
+    dump_on_signal, dump_stats, start_dumps, DumpConfig, DumpHandle, DumpStats, RssThreshold,
+};
 pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
 pub use labels::{with_labels, LabelGuard, Labeled, Labels};

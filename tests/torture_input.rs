@@ -272,10 +272,11 @@ fn odd_names() {
     let dir = std::env::temp_dir().join(format!("heaprof-odd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = |profiles: Vec<String>| heaprof::DumpConfig {
-        signal: libc::SIGUSR2,
+        signal: Some(libc::SIGUSR2),
         dir: dir.clone(),
         prefix: "odd".into(),
         profiles,
+        ..Default::default()
     };
     let err = heaprof::dump_on_signal(cfg(vec![slash.name().into()])).unwrap_err();
     assert!(

@@ -189,6 +189,18 @@ fn join_under(mount: &Path, root: &str, path: &str) -> Option<PathBuf> {
     Some(mount.join(rel.trim_start_matches('/')))
 }
 
+/// Physical memory in bytes (`sysconf`), `None` if unknown.
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +246,6 @@ mod tests {
                 assert!(l > 0 && file.exists(), "{file:?}");
             }
         }
+        assert!(physical_memory().is_some_and(|m| m >= 64 << 20));
     }
 }
