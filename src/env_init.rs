@@ -170,7 +170,7 @@ fn dump_from_env() -> Option<DumpHandle> {
 }
 
 /// `HEAPROF_DUMP_MIN_INTERVAL`, or the default; warns when it is invalid, or set while no
-/// automatic trigger is on.
+/// automatic trigger is on (then it is not parsed: one warning per variable).
 fn min_interval_from_env(automatic: bool) -> std::time::Duration {
     const VAR: &str = "HEAPROF_DUMP_MIN_INTERVAL";
     if !automatic {
@@ -178,7 +178,7 @@ fn min_interval_from_env(automatic: bool) -> std::time::Duration {
             warn(
                 VAR,
                 &v,
-                "neither HEAPROF_DUMP_ON_GROWTH nor HEAPROF_DUMP_ON_RSS is set",
+                "no valid HEAPROF_DUMP_ON_GROWTH or HEAPROF_DUMP_ON_RSS is set",
                 "it has nothing to limit",
             );
         }
