@@ -74,9 +74,10 @@ impl Breakdown {
     }
 
     /// An upper bound on one standard error of the heap estimate, in percent of it: each
-    /// sampled block of `s` bytes adds variance at most `s × rate`.
+    /// sampled block of `s` bytes adds variance at most `s × rate` (0 at rate 1, where
+    /// every allocation is recorded).
     fn heap_error_percent(&self) -> f64 {
-        if self.heap_sampled == 0 {
+        if self.heap_sampled == 0 || self.rate <= 1 {
             return 0.0;
         }
         100.0 * ((self.heap_sampled as f64 * self.rate as f64).sqrt() / self.heap_sampled as f64)
