@@ -13,6 +13,8 @@
 //! `grow held=<bytes> <counters>` (`dumps=off` when no dumps are on):
 //! - `small MIB KIB`: hold MIB more in blocks of KIB, every byte written;
 //! - `big MIB`: hold one block of MIB, every byte written;
+//! - `half`: let go of every other block (glibc keeps the freed chunks between the live
+//!   ones: they show as "allocator free" in the profiles' RSS breakdown);
 //! - `free`: let go of everything held;
 //! - `stats`: just answer;
 //! - `wait FIELD N`: wait until dump counter FIELD (`growth_dumps`, `rss_dumps`,
@@ -115,6 +117,16 @@ fn run(line: &str, held: &mut Held) -> Result<(), String> {
     match words.first().copied() {
         Some("small") => hold_small(held, num(1)?, num(2)?),
         Some("big") => hold_big(held, num(1)?),
+        Some("half") => {
+            let mut keep = false;
+            held.blocks.retain(|b| {
+                keep = !keep;
+                if !keep {
+                    held.bytes -= b.len();
+                }
+                keep
+            });
+        }
         Some("free") => *held = Held::default(),
         Some("stats") => {}
         Some("wait") => wait_for(words.get(1).copied().unwrap_or(""), num(2)? as u64, false)?,

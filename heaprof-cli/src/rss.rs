@@ -39,9 +39,12 @@ pub fn breakdown(comments: &[String]) -> Option<String> {
     if let Some(own) = bytes("heaprof.rss.heaprof") {
         let part = |key: &str, what: &str| bytes(key).map(|b| format!(", {what} {b}"));
         out += &format!(
-            "  heaprof: {own}{}{}{}\n",
+            "  heaprof: {own}{}{}{}{}\n",
             part("heaprof.rss.heaprof_tables", "tables").unwrap_or_default(),
             part("heaprof.rss.heaprof_arena", "arena").unwrap_or_default(),
+            bytes("heaprof.rss.arena_committed")
+                .map(|c| format!(" (of {c} committed, the rest sampled blocks)"))
+                .unwrap_or_default(),
             part("heaprof.rss.heaprof_large_region", "large blocks' region").unwrap_or_default()
         );
     }
@@ -69,6 +72,7 @@ mod tests {
             "heaprof.rss.heaprof: 20971520",
             "heaprof.rss.heaprof_tables: 4194304",
             "heaprof.rss.heaprof_arena: 16777216",
+            "heaprof.rss.arena_committed: 18874368",
             "heaprof.rss.summary: RSS 1000 MiB: heap 810 MiB (sampled, ±2.5%), other 80.0 MiB",
         ]);
         assert_eq!(
@@ -76,7 +80,7 @@ mod tests {
             "RSS 1000 MiB: heap 810 MiB (sampled, ±2.5%), other 80.0 MiB\n\
              \x20 cgroup: limit 2GiB, usage 1.07GiB\n\
              \x20 glibc malloc: in use 820MiB (of which 100MiB in blocks mapped alone), free 90MiB\n\
-             \x20 heaprof: 20MiB, tables 4MiB, arena 16MiB\n"
+             \x20 heaprof: 20MiB, tables 4MiB, arena 16MiB (of 18MiB committed, the rest sampled blocks)\n"
         );
         assert_eq!(breakdown(&lines(&["heaprof.stacks: 3 of 16384"])), None);
         assert_eq!(breakdown(&[]), None);

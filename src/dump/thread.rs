@@ -96,10 +96,13 @@ impl Dumper {
         if let Some((_, how)) = &self.handle.rss_threshold {
             parts.push(format!("when RSS reaches {how}"));
         }
+        let limit = match self.handle.min_interval {
+            Duration::ZERO => "no minimum interval".to_string(),
+            d => format!("at most one per {d:?}"),
+        };
         sys::write_stderr(&[format!(
-            "heaprof: automatic dumps {}, at most one per {:?}, into {}\n",
+            "heaprof: automatic dumps {}, {limit}, into {}\n",
             parts.join(" and "),
-            self.handle.min_interval,
             self.handle.dir.display()
         )
         .as_bytes()]);

@@ -11,7 +11,8 @@
 //!   (`peak`), with one standard error at most `sqrt(in-use × rate)`;
 //! - glibc malloc's own figures (`malloc`): bytes in use, free bytes it holds, bytes in
 //!   chunks mapped on their own;
-//! - heaprof's own memory (`own`): the tables' resident pages, the arena's committed bytes;
+//! - heaprof's own memory (`own`): the tables' resident pages, the arena's committed bytes
+//!   less the live sampled blocks in it (the program's bytes, counted in the heap);
 //! - other: RSS − heap − allocator free − heaprof (thread stacks, code, mapped files, the
 //!   allocators' bookkeeping, heaprof's symbolizer caches, and the estimate's error).
 //!
@@ -101,7 +102,11 @@ impl Breakdown {
         put("heaprof.rss.malloc_mmapped", self.malloc.map(|m| m.mmapped));
         put("heaprof.rss.heaprof", Some(self.own.total()));
         put("heaprof.rss.heaprof_tables", Some(self.own.tables_resident));
-        put("heaprof.rss.heaprof_arena", Some(self.own.arena_committed));
+        put("heaprof.rss.heaprof_arena", Some(self.own.arena_overhead()));
+        put(
+            "heaprof.rss.arena_committed",
+            Some(self.own.arena_committed),
+        );
         put("heaprof.rss.heaprof_large_region", self.own.large_region);
         if let Some(o) = self.other() {
             v.push(("heaprof.rss.other", o.to_string()));
@@ -232,7 +237,8 @@ mod tests {
             own: own::Own {
                 tables_resident: 4 << 20,
                 tables_mapped: 28 << 20,
-                arena_committed: 16 << 20,
+                arena_committed: 18 << 20,
+                arena_sampled_live: 2 << 20,
                 large_region: None,
             },
         };
