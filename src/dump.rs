@@ -133,7 +133,8 @@ pub struct DumpStats {
     pub rss_dumps: u64,
     /// Automatic triggers held back by the minimum interval.
     pub held_back: u64,
-    /// Readings of the resident set by the RSS trigger (one per 100 ms while it is on).
+    /// Readings of the resident set by the RSS trigger (one per 100 ms while it is on, and
+    /// one more each time the dump thread wakes for another reason).
     pub rss_checks: u64,
 }
 
