@@ -56,26 +56,32 @@ fn growth_steps_give_one_dump_each_within_sampling_error() {
     // Each step: 8 MiB of 16 KiB blocks (sampled, with error), then one 12 MiB block
     // (sampled with probability 1 - e^-192, weight exact). The 8 MiB alone stay well under
     // the next level (+16 MiB), so the step's last allocation is the one that crosses it:
-    // the dump sees the whole step.
+    // the dump sees the whole step. The next step waits for the dump to be written (a dump
+    // counted as started has not taken its snapshot yet).
+    let step = |g: &mut Grow, cmds: &[&str], k: u64| {
+        let mut held = 0;
+        for c in cmds {
+            held = g.cmd(c).get("held");
+        }
+        let r = g.cmd(&format!("wait dumps_finished {k}"));
+        assert_eq!(
+            (r.get("growth_dumps"), r.get("dumps")),
+            (k, k),
+            "{}",
+            r.line
+        );
+        held
+    };
     for k in 1..=4u64 {
-        g.cmd("small 8 16");
         small += 8 * MIB;
-        let r = g.cmd("big 12");
-        let r2 = g.cmd(&format!("wait growth_dumps {k}"));
-        assert_eq!(r2.get("growth_dumps"), k, "{}", r2.line);
-        truths.push((r.get("held"), small));
+        truths.push((step(&mut g, &["small 8 16", "big 12"], k), small));
     }
     // A spike of four steps at once: one dump.
-    let r = g.cmd("big 64");
-    truths.push((r.get("held"), small));
-    let r = g.cmd("wait growth_dumps 5");
-    assert_eq!(r.get("growth_dumps"), 5);
+    truths.push((step(&mut g, &["big 64"], 5), small));
     // And the steps go on from the spike's level.
-    g.cmd("small 8 16");
     small += 8 * MIB;
-    let r = g.cmd("big 12");
-    truths.push((r.get("held"), small));
-    let r = g.cmd("wait growth_dumps 6");
+    truths.push((step(&mut g, &["small 8 16", "big 12"], 6), small));
+    let r = g.cmd("stats");
     assert_eq!(
         (r.get("growth_dumps"), r.get("dumps")),
         (6, 6),
@@ -171,7 +177,7 @@ fn the_minimum_interval_holds_dumps_back_and_counts_them() {
         ],
     );
     g.cmd("big 20");
-    g.cmd("wait growth_dumps 1");
+    g.cmd("wait dumps_finished 1");
     // One step at a time: two steps before the dump thread looks would be one spike.
     for k in 1..=3 {
         g.cmd("big 20");
@@ -245,7 +251,7 @@ fn bad_values_warn_once_and_leave_the_feature_off() {
         ],
     );
     g.cmd("big 20");
-    let r = g.cmd("wait growth_dumps 1");
+    let r = g.cmd("wait dumps_finished 1");
     assert_eq!((r.get("growth_dumps"), r.get("rss_checks")), (1, 0));
     let stderr = g.finish();
     for (var, why) in [
@@ -341,9 +347,11 @@ fn a_percentage_of_the_cgroup_limit_is_a_real_threshold() {
     let rss: u64 = c["heaprof.rss"].parse().unwrap();
     assert!(rss >= threshold, "{rss}");
     // The crossing is seen while the block is being written, so the dump's figures are
-    // past the threshold, not necessarily past the whole block.
+    // past the threshold, not necessarily past the whole block. The cgroup is charged for
+    // the anonymous memory; file pages in RSS (the binary, libraries) may be charged to the
+    // cgroup that first read them, and v1 batches charges per CPU: hence the 10%.
     assert!(
-        usage >= threshold && usage <= LIMIT,
+        usage >= threshold / 10 * 9 && usage <= LIMIT,
         "the cgroup is charged for what the process holds: usage {usage}"
     );
 }
