@@ -122,8 +122,8 @@ impl Dumper {
             self.dump(Kind::Auto(f));
         }
         if t.polls_rss() {
-            // Counted after the reading's dump started: a reader that sees this count sees
-            // the dump the reading caused.
+            // Counted after the dump the reading caused was written: a reader that sees this
+            // count sees that dump finished.
             RSS_CHECKS.fetch_add(1, Ordering::AcqRel);
         }
         if let Some(at) = t.growth_wake_at() {
