@@ -30,8 +30,9 @@ static RATE: AtomicUsize = AtomicUsize::new(UNSET);
 static SEED: AtomicU64 = AtomicU64::new(0);
 static SEED_SET: AtomicBool = AtomicBool::new(false);
 
-/// Parses a byte count: decimal digits with an optional `k`/`K`/`KiB` (×1024) or
-/// `m`/`M`/`MiB` (×1024²) suffix. Returns `None` for anything else or on overflow.
+/// Parses a byte count: decimal digits with an optional `k`/`K`/`KiB` (×1024),
+/// `m`/`M`/`MiB` (×1024²) or `g`/`G`/`GiB` (×1024³) suffix. Returns `None` for anything
+/// else or on overflow.
 pub fn parse_bytes(s: &[u8]) -> Option<usize> {
     let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
@@ -45,6 +46,7 @@ pub fn parse_bytes(s: &[u8]) -> Option<usize> {
         b"" => 1,
         b"k" | b"K" | b"KiB" | b"kib" => 1024,
         b"m" | b"M" | b"MiB" | b"mib" => 1024 * 1024,
+        b"g" | b"G" | b"GiB" | b"gib" => 1024 * 1024 * 1024,
         _ => return None,
     };
     n.checked_mul(mult).filter(|&v| v != UNSET)
@@ -161,6 +163,8 @@ mod tests {
         assert_eq!(parse_bytes(b"4096"), Some(4096));
         assert_eq!(parse_bytes(b"512k"), Some(512 * 1024));
         assert_eq!(parse_bytes(b"4MiB"), Some(4 << 20));
+        assert_eq!(parse_bytes(b"3GiB"), Some(3 << 30));
+        assert_eq!(parse_bytes(b"2g"), Some(2 << 30));
         assert_eq!(parse_bytes(b""), None);
         assert_eq!(parse_bytes(b"-1"), None);
         assert_eq!(parse_bytes(b"12x"), None);

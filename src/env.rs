@@ -21,7 +21,7 @@ use crate::once::ForkOnce;
 use crate::sys;
 
 /// Every variable heaprof reads.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 12] = [
     "HEAPROF_RATE",
     "HEAPROF_SEED",
     "HEAPROF_STACKS",
@@ -31,6 +31,9 @@ pub const NAMES: [&str; 9] = [
     "HEAPROF_DUMP_PREFIX",
     "HEAPROF_DUMP_PROFILES",
     "HEAPROF_DUMP_AT_EXIT",
+    "HEAPROF_DUMP_ON_GROWTH",
+    "HEAPROF_DUMP_ON_RSS",
+    "HEAPROF_DUMP_MIN_INTERVAL",
 ];
 
 /// Room for the longest name and its NUL, for `getenv`.

@@ -1,5 +1,6 @@
 //! `heaprof::init_from_env()`: turns on the production features named by `HEAPROF_DUMP_*`
-//! environment variables — signal dumps and a heap profile at exit.
+//! environment variables — signal dumps, automatic dumps on heap growth and on RSS, and a
+//! heap profile at exit.
 //!
 //! Called once by the application, early in `main` (not from the allocator: it allocates).
 //! It never fails: an invalid value prints one line on stderr and leaves that feature off.
@@ -12,8 +13,11 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `HEAPROF_DUMP_SIGNAL` | `USR1`, `USR2`, `HUP`, `WINCH`, `RTMIN+N` (not `RTMIN+5`, the `threads` profile's) or a number: enables signal dumps |
-//! | `HEAPROF_DUMP_DIR` | directory for signal dumps (default: working directory) |
+//! | `HEAPROF_DUMP_SIGNAL` | `USR1`, `USR2`, `HUP`, `WINCH`, `RTMIN+N` or a number: enables signal dumps |
+//! | `HEAPROF_DUMP_ON_GROWTH` | size (`256MiB`): a dump each time the sampled heap grew by it |
+//! | `HEAPROF_DUMP_ON_RSS` | size, or `P%` of the cgroup memory limit (else physical memory): a dump when RSS reaches it |
+//! | `HEAPROF_DUMP_MIN_INTERVAL` | seconds between automatic dumps, at least (default 10; 0 = no limit) |
+//! | `HEAPROF_DUMP_DIR` | directory for dumps (default: working directory) |
 //! | `HEAPROF_DUMP_PREFIX` | file name prefix (default: program name) |
 //! | `HEAPROF_DUMP_PROFILES` | comma-separated profile names (default `heap`) |
 //! | `HEAPROF_DUMP_AT_EXIT` | path: the heap profile is written there when the process exits |
@@ -30,7 +34,8 @@ use crate::{config, profile, sys, tls};
 /// What [`init_from_env`] turned on.
 #[derive(Clone, Debug, Default)]
 pub struct EnvInit {
-    /// Signal dumps, when `HEAPROF_DUMP_SIGNAL` was set and valid.
+    /// Dumps, when `HEAPROF_DUMP_SIGNAL`, `HEAPROF_DUMP_ON_GROWTH` or `HEAPROF_DUMP_ON_RSS`
+    /// was set and valid.
     pub dump: Option<DumpHandle>,
     /// Where the heap profile goes at exit, when `HEAPROF_DUMP_AT_EXIT` was set and valid.
     pub dump_at_exit: Option<PathBuf>,
@@ -41,10 +46,12 @@ static AT_EXIT_PATH: OnceLock<PathBuf> = OnceLock::new();
 static AT_EXIT_RAN: AtomicBool = AtomicBool::new(false);
 
 /// Enables what the `HEAPROF_*` variables ask for, with the values they had when the
-/// process started (heaprof reads them once, before `main`): signal dumps
-/// (`HEAPROF_DUMP_SIGNAL`, `HEAPROF_DUMP_DIR`, `HEAPROF_DUMP_PREFIX`,
-/// `HEAPROF_DUMP_PROFILES`) and a heap profile at exit (`HEAPROF_DUMP_AT_EXIT`). Also reads
-/// `HEAPROF_RATE` now, so a bad value is reported at startup.
+/// process started (heaprof reads them once, before `main`): dumps on a signal
+/// (`HEAPROF_DUMP_SIGNAL`), on heap growth (`HEAPROF_DUMP_ON_GROWTH`) and on RSS
+/// (`HEAPROF_DUMP_ON_RSS`, `HEAPROF_DUMP_MIN_INTERVAL`), written as `HEAPROF_DUMP_DIR`,
+/// `HEAPROF_DUMP_PREFIX` and `HEAPROF_DUMP_PROFILES` say (see [`crate::start_dumps`]); and
+/// a heap profile at exit (`HEAPROF_DUMP_AT_EXIT`). Also reads `HEAPROF_RATE` now, so a
+/// bad value is reported at startup.
 ///
 /// Invalid values print one line on stderr and leave that feature off. Only the first call
 /// acts; later calls return an empty [`EnvInit`]. The at-exit profile is written by a
@@ -55,7 +62,7 @@ static AT_EXIT_RAN: AtomicBool = AtomicBool::new(false);
 /// // First line of `main`; then run: HEAPROF_DUMP_SIGNAL=USR1 HEAPROF_DUMP_DIR=/var/tmp ./app
 /// let enabled = heaprof::init_from_env();
 /// if let Some(d) = &enabled.dump {
-///     eprintln!("heap dumps on signal {} into {}", d.signal(), d.dir().display());
+///     eprintln!("heap dumps on signal {:?} into {}", d.signal(), d.dir().display());
 /// }
 /// ```
 pub fn init_from_env() -> EnvInit {
@@ -94,35 +101,49 @@ fn var_str(var: &str, consequence: &str) -> Option<String> {
     }
 }
 
+/// `var` parsed by `parse`; unset → `None`, invalid → one warning and `None`.
+fn parsed<T>(var: &str, parse: fn(&str) -> Result<T, String>, consequence: &str) -> Option<T> {
+    let s = var_str(var, consequence)?;
+    match parse(&s) {
+        Ok(v) => Some(v),
+        Err(why) => {
+            warn(var, &OsString::from(s), &why, consequence);
+            None
+        }
+    }
+}
+
 fn dump_from_env() -> Option<DumpHandle> {
-    const OFF: &str = "signal dumps stay off";
-    let Some(sig_name) = var_str("HEAPROF_DUMP_SIGNAL", OFF) else {
-        for var in [
-            "HEAPROF_DUMP_DIR",
-            "HEAPROF_DUMP_PREFIX",
-            "HEAPROF_DUMP_PROFILES",
-        ] {
-            if let Some(v) = start_value(var) {
-                warn(var, &v, "HEAPROF_DUMP_SIGNAL is not set", OFF);
-            }
+    const OFF: &str = "dumps stay off";
+    let signal_set = start_value("HEAPROF_DUMP_SIGNAL").is_some();
+    let signal = parsed(
+        "HEAPROF_DUMP_SIGNAL",
+        dump::parse_signal,
+        "signal dumps stay off",
+    );
+    let on_growth = parsed(
+        "HEAPROF_DUMP_ON_GROWTH",
+        dump::parse_growth,
+        "growth dumps stay off",
+    );
+    let on_rss = parsed("HEAPROF_DUMP_ON_RSS", dump::parse_rss, "RSS dumps stay off");
+    let automatic = on_growth.is_some() || on_rss.is_some();
+    let min_interval = min_interval_from_env(automatic);
+    if signal.is_none() && !automatic {
+        if !signal_set {
+            warn_unused(&[
+                "HEAPROF_DUMP_DIR",
+                "HEAPROF_DUMP_PREFIX",
+                "HEAPROF_DUMP_PROFILES",
+            ]);
         }
         return None;
-    };
-    let raw = |var: &str| start_value(var).unwrap_or_default();
-    let signal = match dump::parse_signal(&sig_name) {
-        Ok(s) => s,
-        Err(why) => {
-            warn(
-                "HEAPROF_DUMP_SIGNAL",
-                &raw("HEAPROF_DUMP_SIGNAL"),
-                &why,
-                OFF,
-            );
-            return None;
-        }
-    };
+    }
     let mut cfg = DumpConfig {
         signal,
+        on_growth,
+        on_rss,
+        min_interval,
         ..DumpConfig::default()
     };
     if let Some(dir) = start_value("HEAPROF_DUMP_DIR") {
@@ -146,12 +167,49 @@ fn dump_from_env() -> Option<DumpHandle> {
     } else if start_value("HEAPROF_DUMP_PROFILES").is_some() {
         return None;
     }
-    match dump::dump_on_signal(cfg) {
+    match dump::start_dumps(cfg) {
         Ok(h) => Some(h),
         Err(e) => {
             // Name the variable most likely at fault: the message says exactly what failed.
             sys::write_stderr(&[format!("heaprof: HEAPROF_DUMP_*: {e}; {OFF}\n").as_bytes()]);
             None
+        }
+    }
+}
+
+/// `HEAPROF_DUMP_MIN_INTERVAL`, or the default; warns when it is invalid, or set while no
+/// automatic trigger is on (then it is not parsed: one warning per variable).
+fn min_interval_from_env(automatic: bool) -> std::time::Duration {
+    const VAR: &str = "HEAPROF_DUMP_MIN_INTERVAL";
+    if !automatic {
+        if let Some(v) = start_value(VAR) {
+            warn(
+                VAR,
+                &v,
+                "no valid HEAPROF_DUMP_ON_GROWTH or HEAPROF_DUMP_ON_RSS is set",
+                "it has nothing to limit",
+            );
+        }
+        return dump::DEFAULT_MIN_INTERVAL;
+    }
+    parsed(
+        VAR,
+        dump::parse_min_interval,
+        "using the default of 10 seconds",
+    )
+    .unwrap_or(dump::DEFAULT_MIN_INTERVAL)
+}
+
+/// Warns about each of `vars` that is set although no dump trigger is.
+fn warn_unused(vars: &[&str]) {
+    for var in vars {
+        if let Some(v) = start_value(var) {
+            warn(
+                var,
+                &v,
+                "HEAPROF_DUMP_SIGNAL is not set, nor HEAPROF_DUMP_ON_GROWTH or HEAPROF_DUMP_ON_RSS",
+                "dumps stay off",
+            );
         }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! The snapshot is *now*: in-use = sampled allocations − sampled frees, each weighted by
 //! the inverse of its sampling probability fixed when it was taken (see `sampler`). Go
-//! reports the state at the last GC; we have no GC and see every free.
+//! reports the state at the last GC; we have no GC and see every free. Every view also
+//! carries the RSS breakdown taken as it is written (`rss`), after the table statistics.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -17,7 +18,7 @@ use crate::pprof::text::{self, HeapRecord};
 use crate::sampler::OBJECT_WEIGHT_ONE;
 use crate::stacktab::OVERFLOW_STACK;
 use crate::symbolize::Symbolizer;
-use crate::{config, labels, live, peak, sys, tables, tls};
+use crate::{config, labels, live, peak, rss, sys, tables, tls};
 
 /// Name of the pseudo-function that stands for samples whose stack or bucket did not fit.
 pub const OVERFLOW_FRAME: &str = "heaprof::table_overflow";
@@ -259,7 +260,11 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
             ));
         }
     }
-    for (k, v) in stats.lines() {
+    for (k, v) in stats
+        .lines()
+        .into_iter()
+        .chain(rss::Breakdown::take().lines())
+    {
         b.add_comment(&format!("{k}: {v}"));
     }
     let mut label_sets: HashMap<u32, Vec<Label>> = HashMap::new();
@@ -329,7 +334,8 @@ pub fn write_text<W: Write>(w: W, view: HeapView) -> io::Result<()> {
             },
         })
         .collect();
-    let lines = stats.lines();
+    let mut lines = stats.lines();
+    lines.extend(rss::Breakdown::take().lines());
     let mut sym = Symbolizer::new();
     text::write_heap_text(
         w,

@@ -25,7 +25,8 @@
 //!   and `mutex` (with [`sync`], [`set_block_profile_rate`] and [`set_mutex_profile_fraction`]).
 //! - CPU: [`start_cpu_profile`], [`stop_cpu_profile`], [`CpuProfile`].
 //! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`].
-//! - Operations: [`dump_on_signal`], [`init_from_env`] (`HEAPROF_*` variables), and with
+//! - Operations: [`dump_on_signal`], [`start_dumps`] (on a signal, on heap growth, on RSS),
+//!   [`init_from_env`] (`HEAPROF_*` variables), and with
 //!   feature `http`, `heaprof::http` (Go's `/debug/pprof` endpoints).
 //! - Reading profiles back: [`read_profile`], [`top_table`]; what changed between two
 //!   snapshots: [`profile_delta`] (Go's `seconds=N` delta profiles).
@@ -73,6 +74,7 @@ mod pprof;
 mod profile;
 mod report;
 mod ring;
+mod rss;
 mod sampler;
 mod stacktab;
 mod symbolize;
@@ -93,7 +95,9 @@ pub use cpu::{
 };
 pub use custom::ProfileKey;
 pub use delta::profile_delta;
-pub use dump::{dump_on_signal, dump_stats, DumpConfig, DumpHandle, DumpStats};
+pub use dump::{
+    dump_on_signal, dump_stats, start_dumps, DumpConfig, DumpHandle, DumpStats, RssThreshold,
+};
 pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
 pub use labels::{with_labels, LabelGuard, Labeled, Labels};

@@ -15,6 +15,10 @@
 //! (256 × rate)) passes over a process's life, plus one per 4 × rate of growth below that.
 //! (Without the second bound a heap growing from its first sample to 22 MB took ~240 passes
 //! in its first milliseconds: 2.4 ms of the first 10 ms of an allocation benchmark.)
+//!
+//! Growth dumps (`HEAPROF_DUMP_ON_GROWTH`) read the same total: the dump thread arms a level,
+//! and the sampled allocation that lifts the total to it wakes the dump thread (one load and
+//! compare per sampled allocation; nothing on the unsampled path).
 
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
@@ -47,6 +51,10 @@ static PEAK_BYTES_W: AtomicU64 = AtomicU64::new(0);
 static PEAK_TIME_NANOS: AtomicI64 = AtomicI64::new(0);
 static SNAPSHOTS: AtomicU64 = AtomicU64::new(0);
 static SNAPSHOTTING: AtomicBool = AtomicBool::new(false);
+/// Growth dumps: the in-use level at which a sampled allocation wakes the dump thread
+/// (`u64::MAX`: not armed). Set by the dump thread, cleared by the first allocation that
+/// reaches it, so each arming wakes the dump thread once.
+static GROWTH_WAKE_AT: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Counts a sampled allocation of estimated `bytes_w`; records a snapshot if it makes a
 /// new peak. Called on the sampled path (inside the allocator): never allocates.
@@ -59,6 +67,9 @@ pub fn on_alloc(buckets: &BucketTable, slots: &[PeakSlot], bytes_w: u64) {
         .fetch_add(w, Ordering::Relaxed)
         .saturating_add(w);
     let total = total.max(0) as u64;
+    if total >= GROWTH_WAKE_AT.load(Ordering::Relaxed) {
+        growth_reached();
+    }
     let peak = PEAK_BYTES_W.load(Ordering::Relaxed);
     let min_step = MIN_STEP_SAMPLES.saturating_mul(crate::config::sample_rate() as u64);
     if total <= peak.saturating_add((peak / MARGIN).max(min_step)) {
@@ -103,6 +114,27 @@ pub fn after_fork_child() {
 /// Tests of the fork protocol: raises or lowers the flag as a snapshotting thread would.
 pub fn hold_for_test(held: bool) {
     SNAPSHOTTING.store(held, Ordering::Release);
+}
+
+/// The armed growth level was reached: disarm it, and wake the dump thread if this thread
+/// is the one that disarmed it. A `write(2)` of one byte; no lock, no allocation.
+#[cold]
+#[inline(never)]
+fn growth_reached() {
+    if GROWTH_WAKE_AT.swap(u64::MAX, Ordering::Relaxed) != u64::MAX {
+        crate::dump::wake();
+    }
+}
+
+/// Arms the growth wake-up at `level` estimated in-use bytes (`u64::MAX` disarms). Called by
+/// the dump thread.
+pub fn arm_growth_wake(level: u64) {
+    GROWTH_WAKE_AT.store(level, Ordering::Relaxed);
+}
+
+/// The sampled in-use estimate now (bytes; 0 if frees briefly ran ahead).
+pub fn in_use() -> u64 {
+    INUSE_BYTES_W.load(Ordering::Relaxed).max(0) as u64
 }
 
 /// Counts the free of a sampled block of estimated `bytes_w`.

@@ -100,6 +100,11 @@ pub struct ProfileData {
     pub duration_nanos: i64,
     /// The samples, in file order.
     pub samples: Vec<StackSample>,
+    /// The profile's free-form comments, in file order. heaprof's heap profiles carry
+    /// `key: value` lines: table statistics (`heaprof.stacks: …`) and the RSS breakdown
+    /// (`heaprof.rss: <bytes>`, `heaprof.rss.heap_sampled: <bytes>`, …,
+    /// `heaprof.rss.summary: RSS …`).
+    pub comments: Vec<String>,
 }
 
 impl ProfileData {
@@ -247,6 +252,7 @@ pub fn read_profile(bytes: &[u8]) -> Result<ProfileData, Error> {
         Some(t) if t.r#type != 0 || t.unit != 0 => Some(value_type(t)?),
         _ => None,
     };
+    let comments = p.comment.iter().map(|&i| s(i)).collect::<Result<_, _>>()?;
     Ok(ProfileData {
         sample_types,
         default_sample_type,
@@ -255,6 +261,7 @@ pub fn read_profile(bytes: &[u8]) -> Result<ProfileData, Error> {
         time_nanos: p.time_nanos,
         duration_nanos: p.duration_nanos,
         samples,
+        comments,
     })
 }
 

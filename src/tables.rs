@@ -50,6 +50,9 @@ pub struct Tables {
     pub buckets: BucketTable,
     /// Per-bucket in-use counters at the recorded peak (`heap_peak`).
     pub peak: &'static [PeakSlot],
+    /// The five mappings behind the tables, as (address, length in bytes): for measuring
+    /// how much of them is resident (`rss::own`).
+    pub mappings: [(usize, usize); 5],
 }
 
 static TABLES: ForkOnce<Option<Tables>> = ForkOnce::new();
@@ -63,6 +66,11 @@ fn map_slice<T>(n: usize) -> Option<&'static [T]> {
     // bytes long; T is a struct of atomics, for which all-zero bytes are valid. The
     // mapping is never unmapped, so 'static holds.
     Some(unsafe { core::slice::from_raw_parts(p.cast::<T>(), n) })
+}
+
+/// (address, length in bytes) of a mapped slice.
+fn extent<T>(s: &[T]) -> (usize, usize) {
+    (s.as_ptr() as usize, core::mem::size_of_val(s))
 }
 
 /// The tables, created on first call; `None` if the OS refused the memory (the allocator
@@ -81,10 +89,18 @@ pub fn get() -> Option<&'static Tables> {
             crate::live::init_secret();
             crate::arena::init();
             crate::large_region::init();
+            let mappings = [
+                extent(stacks),
+                extent(index),
+                extent(peak),
+                extent(counters),
+                extent(buckets),
+            ];
             Some(Tables {
                 stacks: StackTable::new(stacks),
                 buckets: BucketTable::new(index, buckets, counters),
                 peak,
+                mappings,
             })
         })
         .as_ref()

@@ -37,10 +37,11 @@ fn chains_to_the_previous_handler_and_installs_once() {
     std::fs::create_dir_all(&dir).unwrap();
     assert!(heaprof::dump_stats().is_none());
     let h = heaprof::dump_on_signal(heaprof::DumpConfig {
-        signal: libc::SIGUSR2,
+        signal: Some(libc::SIGUSR2),
         dir: dir.clone(),
         prefix: "chain".into(),
         profiles: vec!["heap".into(), "allocs".into()],
+        ..Default::default()
     })
     .unwrap();
 

@@ -144,7 +144,7 @@ fn the_threads_capture_signal_is_refused_for_dumps() {
     assert!(lines[0].contains("threads"), "{}", lines[0]);
     assert!(out.stdout.contains("dump enabled: false"), "{}", out.stdout);
     let err = heaprof::dump_on_signal(heaprof::DumpConfig {
-        signal: libc::SIGRTMIN() + 5,
+        signal: Some(libc::SIGRTMIN() + 5),
         ..Default::default()
     })
     .unwrap_err();
@@ -332,10 +332,11 @@ fn odd_names() {
     let dir = std::env::temp_dir().join(format!("heaprof-odd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = |profiles: Vec<String>| heaprof::DumpConfig {
-        signal: libc::SIGUSR2,
+        signal: Some(libc::SIGUSR2),
         dir: dir.clone(),
         prefix: "odd".into(),
         profiles,
+        ..Default::default()
     };
     let err = heaprof::dump_on_signal(cfg(vec![slash.name().into()])).unwrap_err();
     assert!(

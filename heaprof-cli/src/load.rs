@@ -26,6 +26,8 @@ pub struct View {
     pub samples: Vec<Sample>,
     /// The base's samples (empty when not comparing).
     pub base_samples: Vec<Sample>,
+    /// The (new) profile's comments (heaprof's heap profiles carry the RSS breakdown).
+    pub comments: Vec<String>,
 }
 
 impl View {
@@ -75,6 +77,7 @@ impl View {
             }
         };
         let time_nanos = new.time_nanos;
+        let comments = new.comments.clone();
         Ok(View {
             file: file.display().to_string(),
             base_file: base.map(|b| b.display().to_string()),
@@ -82,6 +85,7 @@ impl View {
             time_nanos,
             samples: reduce(new, index),
             base_samples,
+            comments,
         })
     }
 

@@ -4,10 +4,12 @@
 //! This file owns the command line (clap) and exit codes: 0 done, 1 a file could not be
 //! read, decoded or written (one line on stderr saying which and why), 2 a usage error
 //! (clap's message). The work is in `load` (files → weighted samples), `table` (flat/cum
-//! per function), `flame` (inferno) and `units` (value formatting).
+//! per function), `rss` (the RSS breakdown heap profiles carry), `flame` (inferno) and
+//! `units` (value formatting).
 
 mod flame;
 mod load;
+mod rss;
 mod table;
 mod units;
 
@@ -36,7 +38,8 @@ struct Select {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Flat and cumulative value per function, largest flat first (like `go tool pprof -top`).
+    /// Flat and cumulative value per function, largest flat first (like `go tool pprof -top`);
+    /// for heaprof's heap profiles, where the process's RSS went, above the table.
     Top {
         /// The profile (gzip-compressed or raw pprof protobuf).
         file: PathBuf,

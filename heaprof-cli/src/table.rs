@@ -91,6 +91,9 @@ pub fn top(view: &View, n: usize, by_cum: bool) -> String {
     if view.time_nanos != 0 {
         let _ = writeln!(out, "Time: {}", units::utc(view.time_nanos));
     }
+    if let Some(b) = crate::rss::breakdown(&view.comments) {
+        out.push_str(&b);
+    }
     let _ = writeln!(
         out,
         "Showing nodes accounting for {}, {} of {} total",

@@ -51,6 +51,11 @@ fn keep_8mib(b: &mut Blocks) {
 }
 
 #[inline(never)]
+fn held_for_rss(b: &mut Blocks) {
+    take!(b, 8);
+}
+
+#[inline(never)]
 fn steady_site(b: &mut Blocks) {
     take!(b, 2);
 }
@@ -101,6 +106,45 @@ fn row(table: &str, func: &str) -> Option<Vec<String>> {
             v
         })
     })
+}
+
+#[test]
+fn top_prints_the_rss_breakdown_above_the_table() {
+    let _serial = every_allocation();
+    let mut kept = Blocks(Vec::with_capacity(64));
+    held_for_rss(&mut kept);
+    let mut pb = Vec::new();
+    heaprof::write_heap_profile(&mut pb).unwrap();
+    let file = write_scratch("rss.pb.gz", &pb);
+    let comments = heaprof::read_profile(&pb).unwrap().comments;
+    let summary = comments
+        .iter()
+        .find_map(|c| c.strip_prefix("heaprof.rss.summary: "))
+        .expect("the profile carries the breakdown");
+
+    let out = heaprof_ok(&["top", &file]);
+    let head: Vec<&str> = out
+        .lines()
+        .take_while(|l| !l.starts_with("Showing nodes"))
+        .collect();
+    assert!(head.contains(&summary), "{out}");
+    assert!(
+        summary.starts_with("RSS ") && summary.contains("heap 8"),
+        "{summary}"
+    );
+    for part in ["  glibc malloc: in use ", "  heaprof: "] {
+        assert!(head.iter().any(|l| l.starts_with(part)), "{part:?}:\n{out}");
+    }
+    drop(kept);
+
+    // Profiles without it (here threadcreate) print none.
+    let mut tc = Vec::new();
+    heaprof::lookup("threadcreate")
+        .unwrap()
+        .write_to(&mut tc, 0)
+        .unwrap();
+    let out = heaprof_ok(&["top", &write_scratch("tc.pb.gz", &tc)]);
+    assert!(!out.contains("RSS "), "{out}");
 }
 
 #[test]

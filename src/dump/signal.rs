@@ -3,7 +3,8 @@
 //!
 //! Called by the kernel on any thread. It must never allocate, lock, format or touch the
 //! profiler: everything it does is async-signal-safe (`getpid`, `write` to a non-blocking
-//! pipe, atomics, a call to the previous handler). The dump thread reads the pipe.
+//! pipe, atomics, a call to the previous handler). The dump thread reads the pipe
+//! (`dump/wake.rs`, shared with the automatic triggers).
 //!
 //! Chaining: the previous `sigaction` is kept in one of two fixed slots, published by an
 //! index, so the handler never reads a half-written record. `SIG_DFL` and `SIG_IGN` are not
@@ -11,16 +12,14 @@
 //! what installing a dump handler replaces).
 
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::io;
 
-/// Signals received by our handler in the installing process (not in forked children).
+use super::wake;
+
+/// Signals received by our handler in the installing process (not in forked children: same
+/// handler, but the parent's pipe and dump thread).
 pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
-/// Write end of the self-pipe; -1 until installed.
-static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
-/// The process that installed the handler: a forked child (same handler, same pipe) must
-/// not wake the parent's dump thread.
-static OWNER_PID: AtomicI32 = AtomicI32::new(0);
 
 /// The previous handler: its address (`sa_sigaction`) and `sa_flags`.
 struct Prev {
@@ -97,19 +96,10 @@ pub fn parse(name: &str) -> Result<c_int, String> {
 }
 
 extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-    let saved = errno();
-    // SAFETY: getpid is async-signal-safe and has no preconditions.
-    if unsafe { libc::getpid() } == OWNER_PID.load(Ordering::Relaxed) {
+    if wake::is_owner() {
         RECEIVED.fetch_add(1, Ordering::AcqRel);
-        let fd = WRITE_FD.load(Ordering::Acquire);
-        if fd >= 0 {
-            let byte = 1u8;
-            // SAFETY: write(2) is async-signal-safe; `byte` is a valid 1-byte buffer. The pipe
-            // is non-blocking: when full (a dump is pending anyway) the write fails, harmlessly.
-            unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-        }
+        wake::wake(); // keeps errno
     }
-    set_errno(saved);
     let slot = &PREV[PREV_SLOT.load(Ordering::Acquire)];
     let handler = slot.handler.load(Ordering::Relaxed);
     let flags = slot.flags.load(Ordering::Relaxed);
@@ -129,76 +119,15 @@ extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, ctx: *mut c_void
     }
 }
 
-fn errno() -> c_int {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn set_errno(v: c_int) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
-    unsafe {
-        *libc::__errno_location() = v
-    };
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = v;
-}
-
-/// The self-pipe's read end, handed to the dump thread.
-pub struct PipeReader(c_int);
-
-impl PipeReader {
-    /// Blocks until at least one byte is there; reads up to 256 bytes (all pending wake-ups,
-    /// coalesced). Returns the number read; retries on `EINTR`.
-    pub fn wait(&self) -> io::Result<usize> {
-        let mut buf = [0u8; 256];
-        loop {
-            // SAFETY: `buf` is a valid writable buffer of its length; the fd is ours and open.
-            let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                return Ok(n as usize);
-            }
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "self-pipe closed",
-                ));
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-}
-
-/// Creates the self-pipe and installs the handler for `sig`, keeping the previous handler
-/// to chain to. Only once per process (the caller makes sure).
-pub fn install(sig: c_int) -> io::Result<PipeReader> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (rd, wr) = (fds[0], fds[1]);
-    // SAFETY: `wr` is the open write end created above; F_SETFL only changes its flags.
-    if unsafe { libc::fcntl(wr, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
-        let e = io::Error::last_os_error();
-        close_both(rd, wr);
-        return Err(e);
-    }
-    // SAFETY: getpid has no preconditions.
-    OWNER_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
-    WRITE_FD.store(wr, Ordering::Release);
-
+/// Installs the handler for `sig`, keeping the previous handler to chain to. Only once per
+/// process, after `wake::create` (the caller makes sure).
+pub fn install(sig: c_int) -> io::Result<()> {
     // Record the disposition in force before ours, so our handler can chain from its first run.
     // SAFETY: a zeroed sigaction is a valid out-parameter.
     let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
     // SAFETY: null `act` only queries; `old` is a valid out-pointer.
     if unsafe { libc::sigaction(sig, core::ptr::null(), &mut old) } != 0 {
-        let e = io::Error::last_os_error();
-        WRITE_FD.store(-1, Ordering::Release);
-        close_both(rd, wr);
-        return Err(e);
+        return Err(io::Error::last_os_error());
     }
     publish_prev(0, &old);
 
@@ -213,16 +142,13 @@ pub fn install(sig: c_int) -> io::Result<PipeReader> {
     let mut replaced: libc::sigaction = unsafe { core::mem::zeroed() };
     // SAFETY: `act` is fully initialized with a handler of the SA_SIGINFO signature.
     if unsafe { libc::sigaction(sig, &act, &mut replaced) } != 0 {
-        let e = io::Error::last_os_error();
-        WRITE_FD.store(-1, Ordering::Release);
-        close_both(rd, wr);
-        return Err(e);
+        return Err(io::Error::last_os_error());
     }
     // Another thread may have installed a handler between the two calls: chain to that one.
     if replaced.sa_sigaction != old.sa_sigaction || replaced.sa_flags != old.sa_flags {
         publish_prev(1, &replaced);
     }
-    Ok(PipeReader(rd))
+    Ok(())
 }
 
 fn publish_prev(slot: usize, old: &libc::sigaction) {
@@ -233,14 +159,6 @@ fn publish_prev(slot: usize, old: &libc::sigaction) {
         .flags
         .store(old.sa_flags as usize, Ordering::Relaxed);
     PREV_SLOT.store(slot, Ordering::Release);
-}
-
-fn close_both(a: c_int, b: c_int) {
-    // SAFETY: both are fds we created and nobody else holds.
-    unsafe {
-        libc::close(a);
-        libc::close(b);
-    }
 }
 
 #[cfg(test)]

@@ -164,3 +164,23 @@ pub fn thread_cpu_nanos() -> i64 {
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
+
+/// The profile's comments (`heaprof.… : value` lines), as (key, value) pairs.
+pub fn comments(p: &proto::Profile) -> HashMap<String, String> {
+    p.comment
+        .iter()
+        .filter_map(|&i| {
+            let line = &p.string_table[i as usize];
+            let (k, v) = line.split_once(": ")?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The sum of the values of sample type `name` (e.g. `inuse_space`).
+pub fn total_of(p: &proto::Profile, name: &str) -> i64 {
+    let i = (0..p.sample_type.len())
+        .find(|&i| sample_type(p, i) == name)
+        .unwrap_or_else(|| panic!("no sample type {name}"));
+    p.sample.iter().map(|s| s.value[i]).sum()
+}
