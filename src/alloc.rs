@@ -43,6 +43,7 @@ const DRAWN_OFF: usize = usize::MAX;
 ///     drop(v);
 /// }
 /// ```
+#[derive(Debug)]
 pub struct ProfilingAllocator<A: GlobalAlloc = System> {
     inner: A,
 }

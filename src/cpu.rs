@@ -386,6 +386,14 @@ impl CpuProfile {
     }
 }
 
+impl std::fmt::Debug for CpuProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuProfile")
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
 impl Drop for CpuProfile {
     fn drop(&mut self) {
         let _ = self.stop_inner();

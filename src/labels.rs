@@ -8,6 +8,7 @@
 //! sampled one.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -78,7 +79,7 @@ pub(crate) fn pairs(id: u32) -> Set {
 
 /// An interned label set: cheap to copy and to send to another thread (an async task's
 /// labels travel with the task; see [`Labeled`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Labels {
     id: u32,
 }
@@ -134,11 +135,45 @@ impl Labels {
     }
 }
 
+/// Shows the pairs, not the interned id: `Labels { pairs: {"request": "checkout"} }`.
+///
+/// ```
+/// let l = heaprof::Labels::new(&[("request", "checkout")]);
+/// assert_eq!(format!("{l:?}"), r#"Labels { pairs: {"request": "checkout"} }"#);
+/// ```
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = pairs(self.id);
+        let map = DebugPairs(&set);
+        f.debug_struct("Labels").field("pairs", &map).finish()
+    }
+}
+
+/// Pairs shown as a map, in their (sorted) order.
+struct DebugPairs<'a>(&'a [(String, String)]);
+
+impl fmt::Debug for DebugPairs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v)))
+            .finish()
+    }
+}
+
 /// Restores the thread's previous labels when dropped. See [`Labels::enter`].
 #[must_use = "the labels are in force only while the guard lives"]
 pub struct LabelGuard {
     prev: u32,
     _not_send: core::marker::PhantomData<*const ()>,
+}
+
+/// Shows the labels the guard restores when dropped.
+impl fmt::Debug for LabelGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LabelGuard")
+            .field("restores", &Labels { id: self.prev })
+            .finish()
+    }
 }
 
 impl Drop for LabelGuard {
@@ -177,6 +212,15 @@ impl<F> Labeled<F> {
     /// Wraps `inner` so it is polled with `labels` in force.
     pub fn new(labels: Labels, inner: F) -> Self {
         Labeled { labels, inner }
+    }
+}
+
+/// Shows the labels; the wrapped future is left out (futures seldom implement `Debug`).
+impl<F> fmt::Debug for Labeled<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Labeled")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
     }
 }
 

@@ -45,6 +45,7 @@
 //! - Rate changes apply at once on the calling thread and at the next sample elsewhere.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 mod alloc;
 mod arena;

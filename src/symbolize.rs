@@ -109,6 +109,17 @@ pub struct Symbolizer {
     elves: HashMap<String, Option<ElfInfo>>,
 }
 
+/// A summary: how many addresses, mappings and ELF files are cached.
+impl std::fmt::Debug for Symbolizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbolizer")
+            .field("cached_pcs", &self.cache.len())
+            .field("mappings", &self.maps.as_ref().map(Vec::len))
+            .field("elf_files", &self.elves.len())
+            .finish()
+    }
+}
+
 impl Symbolizer {
     /// An empty resolver. Reads nothing until used.
     pub fn new() -> Self {

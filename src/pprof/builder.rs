@@ -74,6 +74,19 @@ pub struct ProfileBuilder {
     samples: Vec<RawSample>,
 }
 
+/// A summary: the sample types and how many samples and comments were added.
+impl std::fmt::Debug for ProfileBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileBuilder")
+            .field("sample_types", &self.sample_types)
+            .field("period_type", &self.period_type)
+            .field("period", &self.period)
+            .field("samples", &self.samples.len())
+            .field("comments", &self.comments.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ProfileBuilder {
     /// A profile with these `(type, unit)` sample types, period type and period. `time_nanos`
     /// starts as now.

@@ -19,6 +19,7 @@ use crate::symbolize::{SymFrame, Symbolizer};
 
 /// One count-profile entry group: `count` entries with this stack (return addresses, leaf
 /// first).
+#[derive(Debug)]
 pub struct CountRecord<'a> {
     /// Number of entries with this stack.
     pub count: i64,
@@ -27,6 +28,7 @@ pub struct CountRecord<'a> {
 }
 
 /// One heap record with raw (unscaled) sampled counts.
+#[derive(Debug)]
 pub struct HeapRecord<'a> {
     /// Sampled objects still live.
     pub inuse_objects: i64,
