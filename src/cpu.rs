@@ -31,9 +31,13 @@
 //! child's hooks forget the session (nothing of it is ever written from the child) and reset
 //! the flags, the ring and the stack snapshot; the child can start a profile of its own.
 
+mod guard;
 mod stacks;
 mod timers;
 
+pub use guard::CpuProfile;
+
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -104,18 +108,46 @@ pub fn cpu_profile_rate() -> i64 {
     RATE_HZ.load(SeqCst)
 }
 
+/// The writer a profile was started with, boxed for the drain thread, which writes the
+/// profile to it and hands it back, so that [`CpuProfile::stop`] can return it.
+trait Sink: Write + Send {
+    /// The writer as `Any`, to be downcast to the type it was started with.
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+impl<W: Write + Send + 'static> Sink for W {
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+/// What stopping a profile gives: its writer once the whole profile went to it, or the
+/// error that stopped the writing.
+type Outcome = io::Result<Box<dyn Sink>>;
+
 /// A running profile: how to stop it and where its result comes from.
 struct Session {
     generation: u32,
+    /// Started by [`CpuProfile::start`]: the writer and the result belong to that value.
+    guarded: bool,
     stop: Arc<(Mutex<bool>, Condvar)>,
-    drain: JoinHandle<io::Result<()>>,
+    drain: JoinHandle<Outcome>,
 }
 
-static SESSION: Mutex<Option<Session>> = Mutex::new(None);
-static SESSION_FORK: crate::fork::HeldAcrossFork<Option<Session>> =
-    crate::fork::HeldAcrossFork::new();
+/// The profile running, if any, and the outcomes of guarded profiles that
+/// [`stop_cpu_profile`] stopped, kept until their [`CpuProfile`] claims them (stop or drop).
+struct Sessions {
+    running: Option<Session>,
+    unclaimed: Vec<(u32, Outcome)>,
+}
 
-fn session() -> std::sync::MutexGuard<'static, Option<Session>> {
+static SESSION: Mutex<Sessions> = Mutex::new(Sessions {
+    running: None,
+    unclaimed: Vec::new(),
+});
+static SESSION_FORK: crate::fork::HeldAcrossFork<Sessions> = crate::fork::HeldAcrossFork::new();
+
+fn session() -> std::sync::MutexGuard<'static, Sessions> {
     crate::fork::ensure_registered();
     SESSION.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -138,7 +170,7 @@ pub(crate) fn fork_release() {
 /// free to start a profile of its own. Then releases the lock.
 pub(crate) fn fork_child() {
     SESSION_FORK.with_data(|s| {
-        if let Some(parents) = s.take() {
+        if let Some(parents) = s.running.take() {
             core::mem::forget(parents);
         }
     });
@@ -217,12 +249,14 @@ pub(crate) fn hold_ring_slot_for_test(dur: Duration) -> Result<(), String> {
 /// # Ok::<(), heaprof::Error>(())
 /// ```
 pub fn start_cpu_profile(w: impl Write + Send + 'static) -> Result<(), Error> {
-    start_session(Box::new(w)).map(|_| ())
+    start_session(Box::new(w), false).map(|_| ())
 }
 
-fn start_session(w: Box<dyn Write + Send>) -> Result<u32, Error> {
-    let mut slot = session();
-    if slot.is_some() {
+/// Starts a profile writing to `w`; `guarded` when a [`CpuProfile`] owns it. Returns its
+/// generation.
+fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
+    let mut sessions = session();
+    if sessions.running.is_some() {
         return Err(Error::CpuProfileInUse);
     }
     let hz = RATE_HZ.load(SeqCst);
@@ -295,8 +329,9 @@ fn start_session(w: Box<dyn Write + Send>) -> Result<u32, Error> {
         .name("heaprof-cpu".into())
         .spawn(move || state.run(&stop2, w))
         .map_err(|e| abort_start(Error::Io(e)))?;
-    *slot = Some(Session {
+    sessions.running = Some(Session {
         generation,
+        guarded,
         stop,
         drain,
     });
@@ -325,79 +360,67 @@ pub fn stop_cpu_profile() {
 /// child, a profile the parent was running is not running), else the
 /// result of writing the profile to the writer given at start (`Some(Err(..))` on an I/O
 /// error, or if the profiler's drain thread died).
+///
+/// A profile started by [`CpuProfile::start`] is stopped and written too, but its writer
+/// and result stay with that [`CpuProfile`], whose [`stop`](CpuProfile::stop) returns them;
+/// the error returned here is then a copy (same kind and message).
+///
+/// ```
+/// let w: Vec<u8> = Vec::new();
+/// heaprof::start_cpu_profile(w)?;
+/// assert!(heaprof::stop_cpu_profile_result().unwrap().is_ok());
+/// assert!(heaprof::stop_cpu_profile_result().is_none(), "nothing running");
+/// # Ok::<(), heaprof::Error>(())
+/// ```
 pub fn stop_cpu_profile_result() -> Option<io::Result<()>> {
-    stop_if(None)
+    let mut sessions = session();
+    let (generation, guarded, outcome) = stop_running(&mut sessions)?;
+    if !guarded {
+        return Some(outcome.map(drop));
+    }
+    let copy = match &outcome {
+        Ok(_) => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    };
+    sessions.unclaimed.push((generation, outcome));
+    Some(copy)
 }
 
-/// Stops the session if one runs and, with `only`, only if it is that generation. Holds the
-/// session lock until the profile is written, so a new start waits for it.
-fn stop_if(only: Option<u32>) -> Option<io::Result<()>> {
-    let mut slot = session();
-    if only.is_some_and(|g| slot.as_ref().is_some_and(|s| s.generation != g)) {
-        return None;
-    }
-    let s = slot.take()?;
+/// Stops the running session, if any: its generation, whether a [`CpuProfile`] owns it and
+/// its outcome. The caller holds the session lock until the profile is written, so a new
+/// start waits for it.
+fn stop_running(sessions: &mut Sessions) -> Option<(u32, bool, Outcome)> {
+    let s = sessions.running.take()?;
     {
         let (flag, cv) = &*s.stop;
         *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();
     }
-    let r = s
+    let outcome = s
         .drain
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("heaprof CPU profiler thread panicked")));
     ACTIVE.store(false, SeqCst);
-    Some(r)
+    Some((s.generation, s.guarded, outcome))
 }
 
-/// A running CPU profile that stops (and writes) when dropped or on [`CpuProfile::stop`].
-///
-/// ```no_run
-/// {
-///     let _prof = heaprof::CpuProfile::start(std::fs::File::create("cpu.pb.gz")?)?;
-///     // ... work ...
-/// } // written here
-/// # Ok::<(), heaprof::Error>(())
-/// ```
-#[must_use = "the profile stops when this guard is dropped"]
-pub struct CpuProfile {
-    generation: Option<u32>,
-}
-
-impl CpuProfile {
-    /// Starts a CPU profile like [`start_cpu_profile`].
-    pub fn start(w: impl Write + Send + 'static) -> Result<CpuProfile, Error> {
-        Ok(CpuProfile {
-            generation: Some(start_session(Box::new(w))?),
-        })
+/// The outcome of profile `generation`, owned by a [`CpuProfile`]: stops it if it is
+/// running, else takes what [`stop_cpu_profile`] kept of it. `None` if neither (the process
+/// forked while it ran: the profile stayed with the parent).
+fn finish(generation: u32) -> Option<Outcome> {
+    let mut sessions = session();
+    if sessions
+        .running
+        .as_ref()
+        .is_some_and(|s| s.generation == generation)
+    {
+        return stop_running(&mut sessions).map(|(_, _, outcome)| outcome);
     }
-
-    /// Stops the profile and returns the writer's result. `Ok(())` if it was already
-    /// stopped by [`stop_cpu_profile`] (a newer profile started since is left running).
-    pub fn stop(mut self) -> io::Result<()> {
-        self.stop_inner()
-    }
-
-    fn stop_inner(&mut self) -> io::Result<()> {
-        match self.generation.take() {
-            Some(g) => stop_if(Some(g)).unwrap_or(Ok(())),
-            None => Ok(()),
-        }
-    }
-}
-
-impl std::fmt::Debug for CpuProfile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuProfile")
-            .field("generation", &self.generation)
-            .finish()
-    }
-}
-
-impl Drop for CpuProfile {
-    fn drop(&mut self) {
-        let _ = self.stop_inner();
-    }
+    let i = sessions
+        .unclaimed
+        .iter()
+        .position(|(g, _)| *g == generation)?;
+    Some(sessions.unclaimed.swap_remove(i).1)
 }
 
 /// Test knob: make the next profiles use `setitimer(ITIMER_PROF)` as if per-thread timers
@@ -489,7 +512,7 @@ fn read_comm(tid: i32) -> Option<Arc<str>> {
 }
 
 impl Drain {
-    fn run(mut self, stop: &(Mutex<bool>, Condvar), w: Box<dyn Write + Send>) -> io::Result<()> {
+    fn run(mut self, stop: &(Mutex<bool>, Condvar), mut w: Box<dyn Sink>) -> Outcome {
         let _guard = tls::ProfilerGuard::enter();
         let (flag, cv) = stop;
         loop {
@@ -513,7 +536,8 @@ impl Drain {
         }
         self.drain_ring();
         let duration = sys::monotonic_nanos().saturating_sub(self.start_mono) as i64;
-        self.write(w, duration)
+        self.write(&mut w, duration)?;
+        Ok(w)
     }
 
     /// New threads: refresh the stack snapshot first (their stacks must be in it before
@@ -559,7 +583,7 @@ impl Drain {
         n
     }
 
-    fn write(self, w: Box<dyn Write + Send>, duration: i64) -> io::Result<()> {
+    fn write(self, w: &mut dyn Write, duration: i64) -> io::Result<()> {
         let lost = self.ring.take_lost() as i64;
         let mut b = ProfileBuilder::new(
             &[("samples", "count"), ("cpu", "nanoseconds")],
@@ -611,8 +635,7 @@ impl Drain {
         if lost > 0 {
             b.add_pseudo_sample(LOST_FRAME, &[lost, lost * self.period_ns], &[]);
         }
-        let mut w = w;
-        b.write_gzip(&mut w)?;
+        b.write_gzip(&mut *w)?;
         w.flush()
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+#[derive(Debug)]
 struct Failing;
 
 impl std::io::Write for Failing {
@@ -81,6 +82,79 @@ fn rate_is_clamped_and_zero_means_off() {
     assert_eq!(heaprof::cpu_profile_rate(), 1_000_000);
     heaprof::set_cpu_profile_rate(heaprof::DEFAULT_CPU_HZ);
     assert_eq!(heaprof::cpu_profile_rate(), 100);
+}
+
+/// Samples in a decoded CPU profile (the `samples/count` values).
+fn sample_count(bytes: &[u8]) -> i64 {
+    common::decode(bytes)
+        .sample
+        .iter()
+        .map(|s| s.value[0])
+        .sum()
+}
+
+#[test]
+fn stop_gives_back_the_writer() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prof = heaprof::CpuProfile::start(Vec::new()).unwrap();
+    assert!(format!("{prof:?}").contains("Vec<u8>"), "{prof:?}");
+    black_box(hot_loop_alpha(100));
+    let bytes: Vec<u8> = prof.stop().unwrap();
+    assert!(sample_count(&bytes) > 0, "no samples in 100 ms of CPU time");
+    // A writer with state of its own comes back as it was left: flushed, not dropped.
+    let file = std::io::BufWriter::new(tempfile_in_scratch("cpu_api_writer.pb.gz"));
+    let prof = heaprof::CpuProfile::start(file).unwrap();
+    black_box(hot_loop_alpha(20));
+    let file = prof.stop().unwrap();
+    assert!(file.buffer().is_empty(), "flushed at stop");
+    let len = file.get_ref().metadata().unwrap().len();
+    assert!(len > 0, "the profile is in the file");
+}
+
+fn tempfile_in_scratch(name: &str) -> std::fs::File {
+    std::fs::File::create(common::scratch(name)).unwrap()
+}
+
+#[test]
+fn stopped_by_stop_cpu_profile_the_writer_and_error_wait_for_the_owner() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prof = heaprof::CpuProfile::start(Vec::new()).unwrap();
+    black_box(hot_loop_alpha(50));
+    assert!(matches!(heaprof::stop_cpu_profile_result(), Some(Ok(()))));
+    assert!(heaprof::stop_cpu_profile_result().is_none(), "stopped");
+    assert!(sample_count(&prof.stop().unwrap()) > 0);
+    // The owner gets the error itself; `stop_cpu_profile_result` a copy of it.
+    let prof = heaprof::CpuProfile::start(Failing).unwrap();
+    let copy = heaprof::stop_cpu_profile_result().unwrap().unwrap_err();
+    assert_eq!(copy.to_string(), "disk full");
+    assert_eq!(prof.stop().unwrap_err().to_string(), "disk full");
+}
+
+#[test]
+fn a_profile_running_at_fork_stays_with_the_parent() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut running = Some(heaprof::CpuProfile::start(Vec::new()).unwrap());
+    let code = heaprof::__private::in_child(std::time::Duration::from_secs(20), || {
+        let e = running.take().unwrap().stop().unwrap_err();
+        if !e.to_string().contains("forked") {
+            return 2;
+        }
+        // The child can run a profile of its own.
+        let own = heaprof::CpuProfile::start(Vec::new()).unwrap();
+        black_box(hot_loop_alpha(20));
+        match own.stop() {
+            Ok(bytes) if !bytes.is_empty() => 0,
+            _ => 3,
+        }
+    });
+    assert_eq!(
+        code,
+        Some(0),
+        "the child failed (101: a panic; None: a hang)"
+    );
+    black_box(hot_loop_alpha(20));
+    let bytes = running.take().unwrap().stop().unwrap();
+    common::decode(&bytes);
 }
 
 #[test]

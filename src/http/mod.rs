@@ -48,7 +48,6 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -261,37 +260,14 @@ fn cpu_profile(ctx: &Ctx) -> Response {
     if ctx.exceeds_write_timeout(seconds as f64) {
         return Response::error(400, "profile duration exceeds server's WriteTimeout");
     }
-    let body = SharedBuf::default();
-    if let Err(e) = crate::start_cpu_profile(body.clone()) {
-        return Response::error(500, &format!("Could not enable CPU profiling: {e}"));
-    }
+    let profile = match crate::CpuProfile::start(Vec::new()) {
+        Ok(p) => p,
+        Err(e) => return Response::error(500, &format!("Could not enable CPU profiling: {e}")),
+    };
     ctx.waiter.wait(Duration::from_secs(seconds));
-    match crate::stop_cpu_profile_result() {
-        Some(Err(e)) => Response::error(500, &format!("Could not write CPU profile: {e}")),
-        _ => binary(body.take(), "profile"),
-    }
-}
-
-/// A writer the CPU profiler keeps until stop, read back afterwards.
-#[derive(Clone, Default)]
-struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl SharedBuf {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl io::Write for SharedBuf {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    match profile.stop() {
+        Ok(body) => binary(body, "profile"),
+        Err(e) => Response::error(500, &format!("Could not write CPU profile: {e}")),
     }
 }
 
