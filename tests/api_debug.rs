@@ -34,6 +34,9 @@ fn every_public_type_is_debug() {
     assert_debug::<heaprof::sync::Condvar>();
     assert_debug::<heaprof::http::Response>();
     assert_debug::<heaprof::http::ServerHandle>();
+    assert_debug::<heaprof::http::ServerConfig>();
+    assert_debug::<heaprof::http::ServerStats>();
+    assert_debug::<heaprof::http::Request<'static>>();
 }
 
 #[test]

@@ -61,7 +61,7 @@ mod query;
 mod server;
 
 use query::{go_atoi, html_escape, percent_decode, percent_encode, Query};
-pub use server::{serve, serve_with, ServerConfig, ServerHandle};
+pub use server::{serve, serve_with, ServerConfig, ServerHandle, ServerStats};
 
 /// The address Go programs conventionally serve pprof on; loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:6060";
