@@ -238,8 +238,9 @@ pub(crate) fn hold_ring_slot_for_test(dur: Duration) -> Result<(), String> {
 /// [`stop_cpu_profile`] is called (Go's `pprof.StartCPUProfile`).
 ///
 /// Errors: [`Error::CpuProfileInUse`] (`cpu profiling already in use`) if a profile is
-/// running; [`Error::InvalidConfig`] if the rate is 0; [`Error::Io`] if the signal handler,
-/// the sample buffer or the first timer cannot be set up. Nothing is written to `w` then.
+/// running; [`Error::InvalidConfig`] if the rate is 0; [`Error::Os`], naming the call, if the
+/// signal handler, the sample buffer, the timer or the profiler's thread cannot be set up.
+/// Nothing is written to `w` then.
 ///
 /// ```no_run
 /// let f = std::fs::File::create("cpu.pb.gz")?;
@@ -271,8 +272,13 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
     let ring = match RING.load(Acquire) {
         p if !p.is_null() => p,
         _ => {
-            let r = Ring::new_leaked(RING_SLOTS)
-                .ok_or_else(|| Error::Io(io::Error::from(io::ErrorKind::OutOfMemory)))?;
+            let r = Ring::new_leaked(RING_SLOTS).ok_or_else(|| {
+                let oom = io::Error::from(io::ErrorKind::OutOfMemory);
+                Error::os(
+                    format!("mapping the CPU sample ring ({RING_SLOTS} slots)"),
+                    oom,
+                )
+            })?;
             let p = r as *const Ring as *mut Ring;
             RING.store(p, Release);
             p
@@ -282,7 +288,8 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
     let ring: &'static Ring = unsafe { &*ring };
     while ring.pop_with(|_, _, _| {}) {}
     ring.take_lost();
-    sys::install_sigaction(libc::SIGPROF, on_sigprof).map_err(os_error)?;
+    sys::install_sigaction(libc::SIGPROF, on_sigprof)
+        .map_err(|e| Error::errno("sigaction(SIGPROF)", e))?;
 
     let generation = GENERATION.fetch_add(1, SeqCst).wrapping_add(1);
     HANDLER_SAMPLES.store(0, Relaxed);
@@ -301,7 +308,7 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
     if forced {
         timers
             .fall_back(timers::Fallback { tid: 0, errno: 0 })
-            .map_err(|e| abort_start(os_error(e)))?;
+            .map_err(|e| abort_start(Error::errno("setitimer(ITIMER_PROF)", e)))?;
     }
     let tids = timers::list_tids();
     timers.sync(&tids, &mut known);
@@ -328,7 +335,7 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
     let drain = std::thread::Builder::new()
         .name("heaprof-cpu".into())
         .spawn(move || state.run(&stop2, w))
-        .map_err(|e| abort_start(Error::Io(e)))?;
+        .map_err(|e| abort_start(Error::os("spawning the heaprof-cpu thread", e)))?;
     sessions.running = Some(Session {
         generation,
         guarded,
@@ -336,10 +343,6 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
         drain,
     });
     Ok(generation)
-}
-
-fn os_error(errno: i32) -> Error {
-    Error::Io(io::Error::from_raw_os_error(errno))
 }
 
 /// Undo a half-done start (timers are deleted when the `Timers` value drops).

@@ -346,12 +346,11 @@ pub fn start_dumps(config: DumpConfig) -> Result<DumpHandle, Error> {
         )));
     }
     let (handle, profiles) = validate(config)?;
-    let reader = wake::create()
-        .map_err(|e| Error::InvalidConfig(format!("cannot create the dump thread's pipe: {e}")))?;
+    let reader =
+        wake::create().map_err(|e| Error::os("cannot create the dump thread's pipe", e))?;
     if let Some(sig) = handle.signal {
-        signal::install(sig).map_err(|e| {
-            Error::InvalidConfig(format!("cannot install the handler for signal {sig}: {e}"))
-        })?;
+        signal::install(sig)
+            .map_err(|e| Error::os(format!("cannot install the handler for signal {sig}"), e))?;
     }
     let triggers = handle.automatic().then(|| {
         triggers::Triggers::new(
@@ -361,7 +360,7 @@ pub fn start_dumps(config: DumpConfig) -> Result<DumpHandle, Error> {
         )
     });
     thread::spawn(reader, handle.clone(), profiles, triggers)
-        .map_err(|e| Error::InvalidConfig(format!("cannot start the dump thread: {e}")))?;
+        .map_err(|e| Error::os("cannot start the dump thread", e))?;
     *installed = Some(handle.clone());
     Ok(handle)
 }
@@ -380,9 +379,8 @@ fn validate(config: DumpConfig) -> Result<(DumpHandle, Vec<Profile>), Error> {
             config.prefix
         )));
     }
-    let dir = std::path::absolute(&config.dir).map_err(|e| {
-        Error::InvalidConfig(format!("dump directory {}: {e}", config.dir.display()))
-    })?;
+    let dir = std::path::absolute(&config.dir)
+        .map_err(|e| Error::os(format!("dump directory {}", config.dir.display()), e))?;
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -391,18 +389,13 @@ fn validate(config: DumpConfig) -> Result<(DumpHandle, Vec<Profile>), Error> {
                 dir.display()
             )))
         }
-        Err(e) => {
-            return Err(Error::InvalidConfig(format!(
-                "dump directory {}: {e}",
-                dir.display()
-            )))
-        }
+        Err(e) => return Err(Error::os(format!("dump directory {}", dir.display()), e)),
     }
     file::probe_writable(&dir).map_err(|e| {
-        Error::InvalidConfig(format!(
-            "dump directory {} is not writable: {e}",
-            dir.display()
-        ))
+        Error::os(
+            format!("dump directory {} is not writable", dir.display()),
+            e,
+        )
     })?;
     if config.profiles.is_empty() {
         return Err(Error::InvalidConfig("no profiles to dump".into()));

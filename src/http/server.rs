@@ -203,7 +203,7 @@ pub fn serve_with(
     config: ServerConfig,
 ) -> Result<ServerHandle, Error> {
     config.validate()?;
-    let fail = |what: &str, e: io::Error| Error::InvalidConfig(format!("{what}: {e}"));
+    let fail = |what: &str, e: io::Error| Error::os(what, e);
     let listener =
         TcpListener::bind(&addr).map_err(|e| fail(&format!("cannot listen on {addr:?}"), e))?;
     let local = listener
