@@ -66,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "wrote {path} (sample rate {} bytes)\n",
-        heaprof::sample_rate()
+        heaprof::heap_profile_rate()
     );
     print!("{}", heaprof::top_table(&std::fs::read(path)?, 8)?);
     println!("\nnext: go tool pprof -top {path}   (or -http=: for the web UI)");

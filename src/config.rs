@@ -4,7 +4,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HEAPROF_RATE` | mean bytes between samples; `0` off, `1` every allocation; suffixes `k`, `KiB`, `m`, `MiB`; at most [`MAX_SAMPLE_RATE`] | 524288 |
+//! | `HEAPROF_RATE` | mean bytes between samples; `0` off, `1` every allocation; suffixes `k`, `KiB`, `m`, `MiB`; at most [`MAX_HEAP_PROFILE_RATE`] | 524288 |
 //! | `HEAPROF_SEED` | seed of the sampler, for reproducible runs | time and pid |
 //! | `HEAPROF_STACKS` | capacity of the stack table (distinct stacks) | 16384 |
 //! | `HEAPROF_BUCKETS` | capacity of the heap bucket table ((stack, size) pairs) | 65536 |
@@ -16,14 +16,14 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::{env, sys};
 
 /// Go's `MemProfileRate` default: one sample per 512 KiB allocated, on average.
-pub const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
+pub const DEFAULT_HEAP_PROFILE_RATE: usize = 512 * 1024;
 
-/// The largest sampling rate, 16 GiB: larger rates (from [`crate::set_sample_rate`] or
+/// The largest sampling rate, 16 GiB: larger rates (from [`crate::set_heap_profile_rate`] or
 /// `HEAPROF_RATE`) are clamped to it. It keeps the arithmetic of weights, counters and the
 /// peak test far from overflow (a sample's weight is at most this many bytes, or its own
 /// size), and it is 1/64 of the sampler's countdown bound, so the exponential draw is not
 /// distorted by that bound (a draw above it has probability e^-64).
-pub const MAX_SAMPLE_RATE: usize = 1 << 34;
+pub const MAX_HEAP_PROFILE_RATE: usize = 1 << 34;
 
 const UNSET: usize = usize::MAX;
 static RATE: AtomicUsize = AtomicUsize::new(UNSET);
@@ -99,27 +99,27 @@ pub fn sample_rate() -> usize {
 #[cold]
 fn rate_from_env() -> usize {
     let rate = match env::get("HEAPROF_RATE") {
-        None => DEFAULT_SAMPLE_RATE,
+        None => DEFAULT_HEAP_PROFILE_RATE,
         Some(v) => parse_bytes(v).unwrap_or_else(|| {
             warn_invalid(
                 b"HEAPROF_RATE",
                 v,
                 b"not a byte count (digits, optional k/KiB/m/MiB); using the default 524288",
             );
-            DEFAULT_SAMPLE_RATE
+            DEFAULT_HEAP_PROFILE_RATE
         }),
     }
-    .min(MAX_SAMPLE_RATE);
+    .min(MAX_HEAP_PROFILE_RATE);
     match RATE.compare_exchange(UNSET, rate, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => rate,
         Err(set_meanwhile) => set_meanwhile,
     }
 }
 
-/// Sets the sampling rate, clamped to [`MAX_SAMPLE_RATE`]; takes effect for each thread at
+/// Sets the sampling rate, clamped to [`MAX_HEAP_PROFILE_RATE`]; takes effect for each thread at
 /// its next sample.
 pub fn set_sample_rate(bytes: usize) {
-    RATE.store(bytes.min(MAX_SAMPLE_RATE), Ordering::Relaxed);
+    RATE.store(bytes.min(MAX_HEAP_PROFILE_RATE), Ordering::Relaxed);
 }
 
 /// The process seed of the sampler: `HEAPROF_SEED`, else one set by

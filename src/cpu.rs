@@ -41,7 +41,7 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -51,10 +51,15 @@ use crate::pprof::builder::{Label, ProfileBuilder};
 use crate::ring::Ring;
 use crate::{labels, sys, tls, unwind};
 
-/// Go's default CPU sampling rate.
-pub const DEFAULT_CPU_HZ: i64 = 100;
-/// Go's upper clamp for the rate.
-const MAX_CPU_HZ: i64 = 1_000_000;
+/// Go's default CPU profile rate, in Hz.
+pub const DEFAULT_CPU_PROFILE_RATE: u32 = 100;
+/// Go's upper clamp for the CPU profile rate, in Hz.
+pub const MAX_CPU_PROFILE_RATE: u32 = 1_000_000;
+/// The old name of [`DEFAULT_CPU_PROFILE_RATE`], of the old type.
+#[deprecated(
+    note = "use `DEFAULT_CPU_PROFILE_RATE` (a u32, as `set_cpu_profile_rate` takes); removed in the next release"
+)]
+pub const DEFAULT_CPU_HZ: i64 = DEFAULT_CPU_PROFILE_RATE as i64;
 /// How often the drain thread empties the ring and rescans threads.
 pub const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// Ring capacity in samples (~4.3 MB reserved, touched as used): at 1000 Hz it holds a
@@ -63,7 +68,7 @@ const RING_SLOTS: usize = 8192;
 /// Pseudo-function standing for samples lost to a full ring (Go: `runtime/pprof.lostProfileEvent`).
 pub const LOST_FRAME: &str = "heaprof::lost_profile_event";
 
-static RATE_HZ: AtomicI64 = AtomicI64::new(DEFAULT_CPU_HZ);
+static RATE_HZ: AtomicU32 = AtomicU32::new(DEFAULT_CPU_PROFILE_RATE);
 /// A profile is running (from start until stop returned): `set_cpu_profile_rate` refuses.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The handler records samples (set after the ring is ready, cleared before the last drain).
@@ -81,10 +86,11 @@ static HANDLER_NANOS: AtomicU64 = AtomicU64::new(0);
 /// Test knob: start in `setitimer` mode as if per-thread timers had failed.
 static FORCE_ITIMER: AtomicBool = AtomicBool::new(false);
 
-/// Sets the CPU sampling rate in Hz for the next profile (Go's `runtime.SetCPUProfileRate`).
-/// Clamped to `[0, 1_000_000]`; `0` (or less) turns CPU profiling off, so a later
-/// [`start_cpu_profile`] fails until a positive rate is set. While a profile runs it prints
-/// Go's message to stderr and changes nothing. The default is [`DEFAULT_CPU_HZ`].
+/// Sets the CPU profile rate in Hz (samples per second of each thread's CPU time) for the
+/// next profile (Go's `runtime.SetCPUProfileRate`). Clamped to [`MAX_CPU_PROFILE_RATE`];
+/// `0` turns CPU profiling off, so a later [`start_cpu_profile`] fails until a positive rate
+/// is set. While a profile runs it prints Go's message to stderr and changes nothing. The
+/// default is [`DEFAULT_CPU_PROFILE_RATE`] (100 Hz).
 ///
 /// ```
 /// heaprof::set_cpu_profile_rate(250);
@@ -93,18 +99,22 @@ static FORCE_ITIMER: AtomicBool = AtomicBool::new(false);
 /// assert_eq!(heaprof::cpu_profile_rate(), 1_000_000);
 /// heaprof::set_cpu_profile_rate(100);
 /// ```
-pub fn set_cpu_profile_rate(hz: i64) {
+pub fn set_cpu_profile_rate(hz: u32) {
     if ACTIVE.load(SeqCst) {
         sys::write_stderr(&[
             b"runtime: cannot set cpu profile rate until previous profile has finished.\n",
         ]);
         return;
     }
-    RATE_HZ.store(hz.clamp(0, MAX_CPU_HZ), SeqCst);
+    RATE_HZ.store(hz.min(MAX_CPU_PROFILE_RATE), SeqCst);
 }
 
-/// The CPU sampling rate the next profile uses (see [`set_cpu_profile_rate`]).
-pub fn cpu_profile_rate() -> i64 {
+/// The CPU profile rate in Hz the next profile uses (see [`set_cpu_profile_rate`]; 0 = off).
+///
+/// ```
+/// assert!(heaprof::cpu_profile_rate() <= heaprof::MAX_CPU_PROFILE_RATE);
+/// ```
+pub fn cpu_profile_rate() -> u32 {
     RATE_HZ.load(SeqCst)
 }
 
@@ -261,13 +271,13 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
         return Err(Error::CpuProfileInUse);
     }
     let hz = RATE_HZ.load(SeqCst);
-    if hz <= 0 {
+    if hz == 0 {
         return Err(Error::InvalidConfig(
             "cpu profile rate is 0: set_cpu_profile_rate(0) turned CPU profiling off".into(),
         ));
     }
     let _guard = tls::ProfilerGuard::enter();
-    let period_ns = (1_000_000_000 / hz) as u64;
+    let period_ns = 1_000_000_000 / u64::from(hz);
     unwind::global_init();
     let ring = match RING.load(Acquire) {
         p if !p.is_null() => p,
@@ -497,7 +507,7 @@ struct Drain {
     timers: timers::Timers,
     known: HashSet<i32>,
     period_ns: i64,
-    hz: i64,
+    hz: u32,
     start_nanos: i64,
     start_mono: u64,
     adopted_before: usize,

@@ -18,12 +18,16 @@
 //! ```
 //!
 //! # The pieces
-//! - Heap: [`ProfilingAllocator`], [`set_sample_rate`] (Go's `MemProfileRate`, default
+//! - Heap: [`ProfilingAllocator`], [`set_heap_profile_rate`] (Go's `MemProfileRate`, default
 //!   512 KiB), [`write_heap_profile`], [`lookup`]`("heap" | "allocs" | "heap_peak")`.
 //! - The Go `Profile` API: [`profiles`], [`lookup`], [`Profile`] (custom count profiles with
 //!   `add`/`remove`/`track`), predefined `threadcreate`, `threads` (alias `goroutine`), `block`
 //!   and `mutex` (with [`sync`], [`set_block_profile_rate`] and [`set_mutex_profile_fraction`]).
 //! - CPU: [`start_cpu_profile`], [`stop_cpu_profile`], [`CpuProfile`].
+//! - Rates, one scheme: `set_<kind>_profile_rate` and `<kind>_profile_rate`, in unsigned units
+//!   (0 = off): [`set_heap_profile_rate`] (mean bytes between samples),
+//!   [`set_cpu_profile_rate`] (Hz), [`set_block_profile_rate`] (nanoseconds blocked per
+//!   sample); the mutex profile keeps Go's name, [`set_mutex_profile_fraction`] (1 in `n`).
 //! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`].
 //! - Operations: [`dump_on_signal`], [`start_dumps`] (on a signal, on heap growth, on RSS),
 //!   [`init_from_env`] (`HEAPROF_*` variables), and with
@@ -89,10 +93,12 @@ mod unwind;
 mod waiters;
 
 pub use alloc::ProfilingAllocator;
-pub use config::{DEFAULT_SAMPLE_RATE, MAX_SAMPLE_RATE};
+pub use config::{DEFAULT_HEAP_PROFILE_RATE, MAX_HEAP_PROFILE_RATE};
+#[allow(deprecated)]
 pub use cpu::{
     cpu_profile_rate, set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile,
-    stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ,
+    stop_cpu_profile_result, CpuProfile, DEFAULT_CPU_HZ, DEFAULT_CPU_PROFILE_RATE,
+    MAX_CPU_PROFILE_RATE,
 };
 pub use custom::ProfileKey;
 pub use delta::profile_delta;
@@ -106,12 +112,20 @@ pub use profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 pub use report::top_table;
 pub use report::{read_profile, ProfileData, SampleType, StackSample};
 
-/// Sets the mean number of bytes between samples (Go's `MemProfileRate`). `0` turns
-/// sampling off, `1` records every allocation; rates above [`MAX_SAMPLE_RATE`] (16 GiB)
-/// are clamped to it. The calling thread switches at once (its
-/// countdown is redrawn at its next allocation); every other thread at its next sample.
+/// Sets the heap profile rate: the mean number of bytes allocated between samples (Go's
+/// `MemProfileRate`). `0` turns sampling off, `1` records every allocation; rates above
+/// [`MAX_HEAP_PROFILE_RATE`] (16 GiB) are clamped to it. The calling thread switches at once
+/// (its countdown is redrawn at its next allocation); every other thread at its next sample.
 /// Samples already taken keep the weight of the rate they were taken at.
-pub fn set_sample_rate(bytes: usize) {
+///
+/// ```
+/// heaprof::set_heap_profile_rate(64 * 1024);
+/// assert_eq!(heaprof::heap_profile_rate(), 64 * 1024);
+/// heaprof::set_heap_profile_rate(usize::MAX);
+/// assert_eq!(heaprof::heap_profile_rate(), heaprof::MAX_HEAP_PROFILE_RATE);
+/// heaprof::set_heap_profile_rate(heaprof::DEFAULT_HEAP_PROFILE_RATE);
+/// ```
+pub fn set_heap_profile_rate(bytes: usize) {
     config::set_sample_rate(bytes);
     tls::with(|t| {
         t.countdown.set(0);
@@ -119,10 +133,35 @@ pub fn set_sample_rate(bytes: usize) {
     });
 }
 
-/// The sampling rate in force (`HEAPROF_RATE` or [`DEFAULT_SAMPLE_RATE`] until set).
-pub fn sample_rate() -> usize {
+/// The heap profile rate in force, in bytes (`HEAPROF_RATE` or
+/// [`DEFAULT_HEAP_PROFILE_RATE`] until set; 0 = off).
+///
+/// ```
+/// assert!(heaprof::heap_profile_rate() <= heaprof::MAX_HEAP_PROFILE_RATE);
+/// ```
+pub fn heap_profile_rate() -> usize {
     config::sample_rate()
 }
+
+/// The old name of [`set_heap_profile_rate`].
+#[deprecated(note = "renamed `set_heap_profile_rate` (same argument); removed in the next release")]
+pub fn set_sample_rate(bytes: usize) {
+    set_heap_profile_rate(bytes)
+}
+
+/// The old name of [`heap_profile_rate`].
+#[deprecated(note = "renamed `heap_profile_rate`; removed in the next release")]
+pub fn sample_rate() -> usize {
+    heap_profile_rate()
+}
+
+/// The old name of [`DEFAULT_HEAP_PROFILE_RATE`].
+#[deprecated(note = "renamed `DEFAULT_HEAP_PROFILE_RATE`; removed in the next release")]
+pub const DEFAULT_SAMPLE_RATE: usize = DEFAULT_HEAP_PROFILE_RATE;
+
+/// The old name of [`MAX_HEAP_PROFILE_RATE`].
+#[deprecated(note = "renamed `MAX_HEAP_PROFILE_RATE`; removed in the next release")]
+pub const MAX_SAMPLE_RATE: usize = MAX_HEAP_PROFILE_RATE;
 
 /// Fixes the sampler's seed so that a run's sampling decisions are reproducible.
 pub fn set_sampler_seed(seed: u64) {

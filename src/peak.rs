@@ -59,7 +59,7 @@ static GROWTH_WAKE_AT: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Counts a sampled allocation of estimated `bytes_w`; records a snapshot if it makes a
 /// new peak. Called on the sampled path (inside the allocator): never allocates.
 ///
-/// The arithmetic saturates: weights and the rate are bounded (`config::MAX_SAMPLE_RATE`),
+/// The arithmetic saturates: weights and the rate are bounded (`config::MAX_HEAP_PROFILE_RATE`),
 /// but a wrong total must never become a panic inside the allocator.
 pub fn on_alloc(buckets: &BucketTable, slots: &[PeakSlot], bytes_w: u64) {
     let w = i64::try_from(bytes_w).unwrap_or(i64::MAX);

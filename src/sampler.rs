@@ -36,7 +36,7 @@ pub const OBJECT_WEIGHT_ONE: u64 = 1 << 16;
 /// reason: a bounded draw keeps the arithmetic far from overflow).
 const MAX_COUNTDOWN: u64 = 1 << 40;
 // The largest rate's draws stay below the bound but with probability e^-64.
-const _: () = assert!(crate::config::MAX_SAMPLE_RATE as u64 * 64 == MAX_COUNTDOWN);
+const _: () = assert!(crate::config::MAX_HEAP_PROFILE_RATE as u64 * 64 == MAX_COUNTDOWN);
 
 /// Creates the per-thread generator from a seed (see [`thread_seed`]).
 pub fn new_rng(seed: u64) -> SmallRng {

@@ -23,7 +23,7 @@ use heaprof::__private::proto;
 /// Profiles in one process cannot overlap: tests take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const HZ: i64 = 250;
+const HZ: u32 = 250;
 
 #[inline(never)]
 fn spin(units: u64) -> u64 {
@@ -94,7 +94,7 @@ fn label<'a>(p: &'a proto::Profile, s: &proto::Sample, key: &str) -> Option<&'a 
 
 /// Checks Go's layout and the total against CPU time; returns samples per site.
 fn check_common(p: &proto::Profile, cpu_ns: i64) -> HashMap<String, Vec<i64>> {
-    let period = 1_000_000_000 / HZ;
+    let period = 1_000_000_000 / i64::from(HZ);
     assert_eq!(common::sample_type(p, 0), "samples");
     assert_eq!(common::sample_type(p, 1), "cpu");
     assert_eq!(

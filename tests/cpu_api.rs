@@ -67,20 +67,21 @@ fn second_start_fails_with_go_message_and_writes_nothing() {
     heaprof::stop_cpu_profile_result().unwrap().unwrap();
     assert!(second.0.lock().unwrap().is_empty());
     let p = common::decode(&first.0.lock().unwrap());
-    assert_eq!(p.period, 1_000_000_000 / before);
+    assert_eq!(p.period, 1_000_000_000 / i64::from(before));
     assert!(heaprof::stop_cpu_profile_result().is_none());
 }
 
 #[test]
 fn rate_is_clamped_and_zero_means_off() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    heaprof::set_cpu_profile_rate(-5);
+    heaprof::set_cpu_profile_rate(0);
     assert_eq!(heaprof::cpu_profile_rate(), 0);
     let e = heaprof::start_cpu_profile(SharedBuf::default()).unwrap_err();
     assert!(matches!(e, heaprof::Error::InvalidConfig(_)), "{e}");
-    heaprof::set_cpu_profile_rate(10_000_000);
-    assert_eq!(heaprof::cpu_profile_rate(), 1_000_000);
-    heaprof::set_cpu_profile_rate(heaprof::DEFAULT_CPU_HZ);
+    heaprof::set_cpu_profile_rate(u32::MAX);
+    assert_eq!(heaprof::cpu_profile_rate(), heaprof::MAX_CPU_PROFILE_RATE);
+    assert_eq!(heaprof::MAX_CPU_PROFILE_RATE, 1_000_000);
+    heaprof::set_cpu_profile_rate(heaprof::DEFAULT_CPU_PROFILE_RATE);
     assert_eq!(heaprof::cpu_profile_rate(), 100);
 }
 

@@ -42,7 +42,7 @@ fn churn_allocations(rounds: usize) -> usize {
 
 #[test]
 fn profile_while_allocating_and_churning_threads() {
-    heaprof::set_sample_rate(4096);
+    heaprof::set_heap_profile_rate(4096);
     heaprof::set_cpu_profile_rate(1000);
     let sink = SharedBuf::default();
     heaprof::start_cpu_profile(sink.clone()).unwrap();

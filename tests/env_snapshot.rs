@@ -81,7 +81,7 @@ fn flipping() {
     while rounds.load(Ordering::Relaxed) < 3 {
         std::thread::yield_now();
     }
-    heaprof::set_sample_rate(4096);
+    heaprof::set_heap_profile_rate(4096);
     let workers: Vec<_> = (0..4)
         .map(|t| std::thread::spawn(move || first_samples(t).len()))
         .collect();
@@ -106,7 +106,7 @@ fn set_after_start() {
     std::env::set_var("HEAPROF_STACKS", "5");
     std::env::set_var("HEAPROF_DUMP_SIGNAL", "USR2");
     std::env::set_var("HEAPROF_RATE", "1");
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(first_samples(0));
     assert_start_capacities();
     assert!(

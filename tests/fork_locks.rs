@@ -86,7 +86,7 @@ fn has_label(p: &heaprof::__private::proto::Profile, key: &str, value: &str) -> 
 
 /// What every child does. Returns 0, or the number of the step that failed.
 fn child_ops() -> i32 {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     // A sampled block over 80 KiB: placed in the large-block region (its lock).
     std::hint::black_box(vec![1u8; 200_000]);
     let kept = child_site();
@@ -386,7 +386,7 @@ fn busy_threads(stop: &AtomicBool) {
 /// The reproductions, no test hooks: forks while other threads intern labels,
 /// record block events, write `threads`, and a CPU profile runs.
 fn busy() {
-    heaprof::set_sample_rate(4096);
+    heaprof::set_heap_profile_rate(4096);
     heaprof::set_block_profile_rate(1);
     let cpu = SharedBuf::default();
     heaprof::start_cpu_profile(cpu.clone()).unwrap();

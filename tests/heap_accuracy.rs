@@ -63,7 +63,7 @@ fn within(est: i64, truth: f64, what: &str) {
 #[test]
 fn estimates_within_ten_percent_of_truth() {
     heaprof::set_sampler_seed(0x5eed);
-    heaprof::set_sample_rate(RATE);
+    heaprof::set_heap_profile_rate(RATE);
     // Spend the countdown drawn at the default rate before the change.
     for _ in 0..64 {
         black_box(vec![0u8; 64 << 10]);

@@ -66,7 +66,7 @@ fn site_realloc() -> Vec<*mut u8> {
 
 #[test]
 fn rate_one_is_exact() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 1 << 20]); // let the thread leave its default-rate countdown
 
     let boxes = site_boxes(1000);
@@ -151,7 +151,7 @@ fn bytes_labels(p: &heaprof::__private::proto::Profile, site: &str) -> Vec<i64> 
 
 #[test]
 fn bytes_label_is_the_object_size_and_sizes_share_classes() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 1 << 20]);
     let one = site_one_size(100);
     // 4097..=4608 is one size class; 4097..=8192 spans eight.

@@ -19,7 +19,7 @@ fn interop_site_beta() -> Vec<u8> {
 
 #[test]
 fn go_tool_pprof_reads_debug0_and_debug1() {
-    heaprof::set_sample_rate(4096);
+    heaprof::set_heap_profile_rate(4096);
     black_box(vec![0u8; 4 << 20]);
     let a = interop_site_alpha();
     let b = interop_site_beta();

@@ -47,7 +47,7 @@ fn full_tables_overflow_into_a_pseudo_frame() {
         "zero capacity is rejected"
     );
     heaprof::set_table_capacity(8, 16).unwrap();
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 32 << 20]); // recheck the rate now
 
     let mut kept = Vec::new();

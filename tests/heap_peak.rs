@@ -52,7 +52,7 @@ fn within(est: i64, truth: f64, what: &str) {
 #[test]
 fn peak_shows_the_dropped_structure_heap_does_not() {
     heaprof::set_sampler_seed(0xbeef);
-    heaprof::set_sample_rate(8 << 10);
+    heaprof::set_heap_profile_rate(8 << 10);
     for _ in 0..64 {
         black_box(vec![0u8; 1 << 20]); // leave the default-rate countdown behind
     }

@@ -29,7 +29,7 @@ fn site_thread_churn(seed: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn concurrent_alloc_free_and_write() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 1 << 20]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {

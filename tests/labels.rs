@@ -15,7 +15,7 @@ fn serve(n: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn heap_samples_carry_labels() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 1 << 20]);
     let checkout = heaprof::with_labels(&[("request", "checkout")], || serve(3000));
     let search = {

@@ -93,7 +93,7 @@ fn over_aligned(align: usize) {
 
 /// The workload, run in a child process (under the checker, or as it is).
 fn workload() {
-    heaprof::set_sample_rate(16 << 10);
+    heaprof::set_heap_profile_rate(16 << 10);
     let threads: Vec<_> = (0..2)
         .map(|t| std::thread::spawn(move || churn(t * 104_729)))
         .collect();

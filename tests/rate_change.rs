@@ -1,4 +1,4 @@
-//! `set_sample_rate` takes effect at once on the calling thread: a countdown drawn at the
+//! `set_heap_profile_rate` takes effect at once on the calling thread: a countdown drawn at the
 //! old rate does not delay the new one.
 
 mod common;
@@ -17,13 +17,13 @@ fn site_after_rate_change() -> Box<[u8; 100]> {
 fn new_rate_applies_to_the_next_allocation() {
     let mut kept = Vec::with_capacity(20);
     for _ in 0..20 {
-        heaprof::set_sample_rate(512 << 10);
+        heaprof::set_heap_profile_rate(512 << 10);
         for _ in 0..10 {
             black_box(vec![0u8; 1000]); // a countdown at 512 KiB is now in flight
         }
-        heaprof::set_sample_rate(1);
+        heaprof::set_heap_profile_rate(1);
         kept.push(site_after_rate_change());
-        heaprof::set_sample_rate(0);
+        heaprof::set_heap_profile_rate(0);
     }
     let mut out = Vec::new();
     heaprof::write_heap_profile(&mut out).unwrap();

@@ -96,7 +96,7 @@ fn hold(n: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn breakdown_matches_what_was_allocated_and_vm_rss() {
-    heaprof::set_sample_rate(RATE);
+    heaprof::set_heap_profile_rate(RATE);
     // The first profile with samples loads the symbolizer's debug info (tens of MiB in a
     // debug build, in glibc's in-use and in "other"): done before the measurements, with
     // the same stacks.

@@ -275,9 +275,9 @@ fn site_values(p: &proto::Profile) -> std::collections::HashMap<String, Vec<i64>
 #[test]
 fn heap_delta_shows_what_grew_and_shrank_in_the_window() {
     let _s = serial();
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     let p = delta_with_known_amounts("/debug/pprof/heap", "scrape_heap_delta.pb.gz");
-    heaprof::set_sample_rate(heaprof::DEFAULT_SAMPLE_RATE);
+    heaprof::set_heap_profile_rate(heaprof::DEFAULT_HEAP_PROFILE_RATE);
     let Some(p) = p else { return };
     assert!(p.duration_nanos >= 2_000_000_000, "{}", p.duration_nanos);
     let v = site_values(&p);
@@ -296,9 +296,9 @@ fn heap_delta_shows_what_grew_and_shrank_in_the_window() {
 #[test]
 fn allocs_delta_shows_only_what_was_allocated_in_the_window() {
     let _s = serial();
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     let p = delta_with_known_amounts("/debug/pprof/allocs", "scrape_allocs_delta.pb.gz");
-    heaprof::set_sample_rate(heaprof::DEFAULT_SAMPLE_RATE);
+    heaprof::set_heap_profile_rate(heaprof::DEFAULT_HEAP_PROFILE_RATE);
     let Some(p) = p else { return };
     assert_eq!(names(&p).2, "alloc_space");
     let v = site_values(&p);

@@ -76,7 +76,7 @@ fn comment(p: &heaprof::__private::proto::Profile, key: &str) -> String {
 }
 
 fn rate_one() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 32 << 20]);
 }
 
@@ -180,7 +180,7 @@ fn null_site(n: usize, out: &mut Vec<*mut u8>) -> usize {
 #[inline(never)] // a site of its own (its reallocs are charged to it)
 fn inner_null() {
     let mut kept = Vec::with_capacity(3000);
-    heaprof::set_sample_rate(1 << 40); // in effect nothing is sampled
+    heaprof::set_heap_profile_rate(1 << 40); // in effect nothing is sampled
     black_box(vec![0u8; 1 << 20]);
     let l = null_layout();
     FLAKY_HERE.set(true);

@@ -38,7 +38,7 @@ fn fork_child_site(n: usize) -> Vec<Box<u64>> {
 /// What each forked child does: allocate, write the heap profile and a custom profile,
 /// start a thread. Returns the exit code (0 = all fine).
 fn child_work(custom: &heaprof::Profile) -> i32 {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 32 << 20]); // leave the countdown drawn at the parent's rate
     let kept = fork_child_site(2000);
     let mut out = Vec::new();
@@ -74,7 +74,7 @@ fn child_work(custom: &heaprof::Profile) -> i32 {
 fn fork_busy() {
     // Dense enough that the threads sample all the time, sparse enough that the writer's
     // profiles stay small (a debug build symbolizes slowly).
-    heaprof::set_sample_rate(4096);
+    heaprof::set_heap_profile_rate(4096);
     let stop = Arc::new(AtomicBool::new(false));
     let custom = heaprof::Profile::new("torture.fork");
     let writes = Arc::new(AtomicU64::new(0));

@@ -179,7 +179,7 @@ fn failing_writer_site() -> Vec<Vec<u8>> {
 
 #[test]
 fn writer_failing_mid_profile_returns_the_error_and_next_write_works() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 32 << 20]);
     let kept = failing_writer_site();
     let custom = heaprof::Profile::new("torture.failing");
@@ -245,7 +245,7 @@ fn rate_flips() {
     let start = std::time::Instant::now();
     let mut i = 0usize;
     while start.elapsed() < Duration::from_millis(1500) {
-        heaprof::set_sample_rate([0, 1, 4096, 512 * 1024][i % 4]);
+        heaprof::set_heap_profile_rate([0, 1, 4096, 512 * 1024][i % 4]);
         std::thread::sleep(Duration::from_micros(200));
         i += 1;
     }
@@ -253,7 +253,7 @@ fn rate_flips() {
     for w in workers {
         w.join().unwrap();
     }
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     let got = std::thread::spawn(|| {
         let kept = after_flips_site(300);
         let mut out = Vec::new();
@@ -283,20 +283,28 @@ fn extreme_rate_site(fill: u8) -> Vec<Vec<u8>> {
 fn extreme_rates() {
     let mut kept = Vec::new();
     for rate in [usize::MAX, usize::MAX - 1] {
-        heaprof::set_sample_rate(1);
+        heaprof::set_heap_profile_rate(1);
         kept.push(extreme_rate_site(1)); // sampled: in use rises, a peak is recorded
                                          // From another thread, so this one keeps the countdown it drew at rate 1.
-        std::thread::spawn(move || heaprof::set_sample_rate(rate))
+        std::thread::spawn(move || heaprof::set_heap_profile_rate(rate))
             .join()
             .unwrap();
         kept.push(extreme_rate_site(2)); // the first of these is sampled at the huge rate
-        assert_eq!(heaprof::sample_rate(), heaprof::MAX_SAMPLE_RATE, "clamped");
+        assert_eq!(
+            heaprof::heap_profile_rate(),
+            heaprof::MAX_HEAP_PROFILE_RATE,
+            "clamped"
+        );
         for name in ["heap", "allocs", "heap_peak"] {
             let p = heaprof::lookup(name).unwrap();
             let mut pb = Vec::new();
             p.write_to(&mut pb, 0).unwrap();
             let decoded = common::decode(&pb);
-            assert_eq!(decoded.period, heaprof::MAX_SAMPLE_RATE as i64, "{name}");
+            assert_eq!(
+                decoded.period,
+                heaprof::MAX_HEAP_PROFILE_RATE as i64,
+                "{name}"
+            );
             let mut txt = Vec::new();
             p.write_to(&mut txt, 1).unwrap();
             assert!(txt.starts_with(b"heap profile: "), "{name}");

@@ -63,7 +63,7 @@ fn signal_storm(secs: u64) -> (heaprof::DumpHandle, u64) {
 }
 
 fn storm() {
-    heaprof::set_sample_rate(64 * 1024);
+    heaprof::set_heap_profile_rate(64 * 1024);
     // CPU profiling at 250 Hz (SIGPROF on every busy thread) during the whole storm.
     let cpu = common::SharedBuf::default();
     heaprof::set_cpu_profile_rate(250);

@@ -32,7 +32,7 @@ thread_local! {
 }
 
 fn tls_exit() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
         .map(|_| {
@@ -71,7 +71,7 @@ fn tls_destructors_allocate_and_threads_exit_during_writes() {
 }
 
 fn many_threads() {
-    heaprof::set_sample_rate(4096);
+    heaprof::set_heap_profile_rate(4096);
     let spawn_batch = |n: usize| {
         let hs: Vec<_> = (0..n)
             .map(|i| std::thread::spawn(move || black_box(vec![i as u8; 5000]).len()))
@@ -118,7 +118,7 @@ fn fresh_thread_site() -> Vec<Box<u64>> {
 }
 
 fn fresh_threads() {
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     black_box(vec![0u8; 32 << 20]);
     // Each thread's very first allocations are sampled: the capture that records them
     // reads stack bounds and leases (maybe fills) an unwinder cache, allocating inside.
@@ -167,7 +167,7 @@ extern "C" fn at_exit() {
 }
 
 fn drop_at_exit() {
-    heaprof::set_sample_rate(4096);
+    heaprof::set_heap_profile_rate(4096);
     let dir = std::path::PathBuf::from(std::env::var("TORTURE_DIR").unwrap());
     AT_EXIT_PATH.set(dir.join("atexit.pb.gz")).unwrap();
     // SAFETY: registers a plain extern "C" fn.

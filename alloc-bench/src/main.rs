@@ -793,7 +793,7 @@ const PEERS_NOTE: &str = "
 |---|---|---|
 | `system` | `std::alloc::System` (glibc malloc) | - |
 | `system/again` | the same binary again: the noise floor | system |
-| `heaprof/<rate>` | `heaprof::ProfilingAllocator<System>`, `set_sample_rate(rate)`; `off` = 0 | system |
+| `heaprof/<rate>` | `heaprof::ProfilingAllocator<System>`, `set_heap_profile_rate(rate)`; `off` = 0 | system |
 | `pprof-alloc` | crates.io `pprof-alloc` 0.6 `PprofAlloc::new().with_pprof()` (512 KiB, frame-pointer capture) over System | system |
 | `re_memory` | `re_memory` 0.36 `AccountingAllocator<System>` + `set_tracking_callstacks(true)` | system |
 | `jemalloc` | `tikv-jemallocator` 0.7 (built with `profiling`, `opt.prof` off) | system |

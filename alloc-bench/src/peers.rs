@@ -29,8 +29,8 @@ fn heaprof_estimate() -> Result<Estimate, String> {
 pub fn heaprof_hooks(config: &'static str) -> Hooks {
     Hooks {
         config,
-        set_rate: Some(heaprof::set_sample_rate),
-        get_rate: Some(heaprof::sample_rate),
+        set_rate: Some(heaprof::set_heap_profile_rate),
+        get_rate: Some(heaprof::heap_profile_rate),
         write_profile: Some(heaprof_write),
         setup: None,
         estimate: Some(heaprof_estimate),

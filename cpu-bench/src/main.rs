@@ -115,7 +115,7 @@ fn child(mode: &str) {
             (0, 0.0, 0)
         }
         "heaprof" => {
-            heaprof::set_cpu_profile_rate(HZ as i64);
+            heaprof::set_cpu_profile_rate(HZ as u32);
             let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             struct W(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
             impl std::io::Write for W {

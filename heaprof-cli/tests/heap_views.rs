@@ -80,7 +80,7 @@ fn flame_outer(b: &mut Blocks) {
 /// a 16 MiB allocation is one (the countdown never exceeds ~18 × 512 KiB).
 fn every_allocation() -> std::sync::MutexGuard<'static, ()> {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    heaprof::set_sample_rate(1);
+    heaprof::set_heap_profile_rate(1);
     drop(black_box(vec![1u8; 16 * MIB]));
     guard
 }
