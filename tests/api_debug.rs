@@ -21,6 +21,7 @@ fn every_public_type_is_debug() {
     assert_debug::<heaprof::DumpConfig>();
     assert_debug::<heaprof::DumpHandle>();
     assert_debug::<heaprof::DumpStats>();
+    assert_debug::<heaprof::RssThreshold>();
     assert_debug::<heaprof::EnvInit>();
     assert_debug::<heaprof::Error>();
     assert_debug::<heaprof::ProfileData>();
