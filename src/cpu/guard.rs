@@ -29,7 +29,7 @@ use crate::error::Error;
 /// [`stop_cpu_profile`](crate::stop_cpu_profile) stops this one too; its writer and result
 /// then wait for this value's [`stop`](CpuProfile::stop).
 #[must_use = "the profile stops when this value is dropped"]
-pub struct CpuProfile<W: Write + Send + 'static = Box<dyn Write + Send>> {
+pub struct CpuProfile<W = Box<dyn Write + Send>> {
     /// The profile's generation; `None` once stopped.
     generation: Option<u32>,
     /// The writer is held by the drain thread, not here: `fn() -> W` keeps this value `Send`
@@ -70,7 +70,7 @@ impl<W: Write + Send + 'static> CpuProfile<W> {
     }
 }
 
-impl<W: Write + Send + 'static> fmt::Debug for CpuProfile<W> {
+impl<W> fmt::Debug for CpuProfile<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CpuProfile")
             .field("generation", &self.generation)
@@ -79,7 +79,7 @@ impl<W: Write + Send + 'static> fmt::Debug for CpuProfile<W> {
     }
 }
 
-impl<W: Write + Send + 'static> Drop for CpuProfile<W> {
+impl<W> Drop for CpuProfile<W> {
     fn drop(&mut self) {
         if let Some(g) = self.generation.take() {
             drop(finish(g));
