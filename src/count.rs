@@ -1,6 +1,6 @@
 //! Writes count profiles (`threadcreate`, custom profiles): (stack id, count) pairs, already
 //! copied out of their recorder, turned into Go's count-profile proto (`debug = 0`) or its
-//! legacy count text (`debug >= 1`), reference §5.
+//! legacy count text (`debug >= 1`, Go's `printCountProfile`).
 //!
 //! Called by profile writers only, under the profiler guard; never by the allocator or a
 //! signal handler (it symbolizes and allocates). Holds no recorder lock.

@@ -113,7 +113,7 @@ static HOOKS: [AtomicUsize; MAX_HOOKS] = [const { AtomicUsize::new(0) }; MAX_HOO
 /// Registers `f` to run at the start of every thread created from now on, in the new thread,
 /// before its start routine (with the profiler guard set). Allocation-free. Registering the
 /// same function twice is a no-op. Returns false when all hook slots are taken.
-#[allow(dead_code)] // used by the CPU profiler (per-thread timers) and by tests
+#[allow(dead_code)] // no caller in the crate today; kept for per-thread setup, tested
 pub(crate) fn register_thread_start_hook(f: fn()) -> bool {
     let p = f as usize;
     for h in &HOOKS {

@@ -5,7 +5,7 @@
 //! lock); knows no profile kinds. Never called from the allocator or a signal handler: it
 //! allocates, symbolizes and reads files.
 //!
-//! Semantics (reference §1, §6): `string_table[0] = ""`; ids are 1..n in first-use order;
+//! Semantics (pprof's `profile.proto` and Go's `runtime/pprof/proto.go`): `string_table[0] = ""`; ids are 1..n in first-use order;
 //! every sample has exactly `len(sample_type)` values; `mapping[0]` is the main executable;
 //! a location's `address` is the looked-up PC (return address − 1 for callers, as Go stores
 //! it) and its `mapping_id` the first mapping containing it (0 if none); lines are innermost

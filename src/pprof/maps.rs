@@ -3,7 +3,7 @@
 //! Called by profile writers (the builder, the text writers, the symbolizer), never by the
 //! allocator or a signal handler: it allocates and does file I/O.
 //!
-//! Rules (reference §6): keep entries whose perms have `x` at index 2; fields are
+//! Rules (Go's `parseProcSelfMaps` in `runtime/pprof/proto.go`): keep entries whose perms have `x` at index 2; fields are
 //! `start-limit perms offset dev inode path`; a trailing ` (deleted)` is stripped; entries with
 //! inode 0 and an empty path are skipped (`[vdso]` has a path, so it stays). File order is kept.
 

@@ -1,5 +1,5 @@
 //! The legacy `debug=1` text formats (count profiles and the heap profile) that google/pprof's
-//! legacy parser reads (reference §5).
+//! legacy parser reads (`internal/profile/legacy_profile.go` in google/pprof).
 //!
 //! Called by the count and heap profile writers with records already copied out of any lock;
 //! never by the allocator or a signal handler (it symbolizes and allocates).
