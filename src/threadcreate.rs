@@ -33,6 +33,8 @@
 //! # Limits
 //! - glibc Linux only (`target_env = "gnu"`); elsewhere nothing is interposed and the profile
 //!   stays empty (static musl has no `RTLD_NEXT`, and its `pthread_create` would clash).
+//!   Likewise in a build with a sanitizer (`build.rs` sets `heaprof_sanitizer`): the
+//!   sanitizer intercepts `pthread_create` itself and must see every thread.
 //! - Not seen: threads made with raw `clone`; threads glibc creates internally (e.g. the
 //!   `SIGEV_THREAD` timer helper), since libc calls its own symbol directly; code that
 //!   resolves `pthread_create` with `dlsym(RTLD_NEXT, ..)` itself; heaprof built into a
@@ -79,6 +81,10 @@ static STACKS: crate::once::ForkOnce<Option<StackTable>> = crate::once::ForkOnce
 
 /// The creation-stack table, created on first call (`None` if the OS refused the memory).
 /// Never allocates through the global allocator.
+#[cfg_attr(
+    not(all(target_os = "linux", target_env = "gnu", not(heaprof_sanitizer))),
+    allow(dead_code)
+)]
 fn stacks() -> Option<&'static StackTable> {
     STACKS
         .call_once(|| {
@@ -126,7 +132,10 @@ pub(crate) fn register_thread_start_hook(f: fn()) -> bool {
     false
 }
 
-#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+#[cfg_attr(
+    not(all(target_os = "linux", target_env = "gnu", not(heaprof_sanitizer))),
+    allow(dead_code)
+)]
 fn run_start_hooks() {
     for h in &HOOKS {
         let p = h.load(Ordering::Acquire);
@@ -140,7 +149,10 @@ fn run_start_hooks() {
 }
 
 /// Counts one created thread under `stack_id`. Lock-free, allocation-free.
-#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+#[cfg_attr(
+    not(all(target_os = "linux", target_env = "gnu", not(heaprof_sanitizer))),
+    allow(dead_code)
+)]
 fn record(stack_id: u32) {
     CREATED.fetch_add(1, Ordering::Relaxed);
     let key = stack_id.wrapping_add(1).max(1);
@@ -204,7 +216,7 @@ pub fn is_spawn_frame(name: &str) -> bool {
     PREFIXES.iter().any(|p| n.starts_with(p))
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", not(heaprof_sanitizer)))]
 mod interpose {
     use core::ffi::{c_int, c_void};
     use core::sync::atomic::{AtomicUsize, Ordering};
