@@ -46,6 +46,7 @@
 
 mod alloc;
 mod arena;
+mod atomics;
 mod block;
 mod buckets;
 mod config;
