@@ -52,10 +52,7 @@ pub trait AtomicInt: Atomic {
 /// A cell whose contents one party at a time may access, as the protocol around it says.
 /// The accessors hand out raw pointers inside a closure (loom's API), so that loom can
 /// check that no two accesses race.
-#[allow(dead_code)] // TEMP: the first protocols with cells come in the next commits
 pub trait UnsafeCell<T> {
-    /// A new cell holding `v`.
-    fn new(v: T) -> Self;
     /// Calls `f` with a pointer for reading the contents.
     fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R;
     /// Calls `f` with a pointer for writing the contents.
@@ -79,7 +76,6 @@ pub trait Family: Sized + 'static {
     /// Interior mutability handed over by a protocol.
     type Cell<T>: UnsafeCell<T>;
     /// A busy-wait hint (loom: let another thread run).
-    #[allow(dead_code)] // TEMP: see UnsafeCell
     fn spin_loop();
 }
 
@@ -161,10 +157,6 @@ macro_rules! forward_cell {
     ($c:ident, get) => {
         impl<T> UnsafeCell<T> for $c<T> {
             #[inline(always)]
-            fn new(v: T) -> Self {
-                $c::new(v)
-            }
-            #[inline(always)]
             fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
                 f(self.get())
             }
@@ -176,9 +168,6 @@ macro_rules! forward_cell {
     };
     ($c:ident, with) => {
         impl<T> UnsafeCell<T> for $c<T> {
-            fn new(v: T) -> Self {
-                $c::new(v)
-            }
             fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
                 $c::with(self, f)
             }
