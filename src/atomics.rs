@@ -24,6 +24,8 @@ pub trait Atomic: Sync + Send {
     fn load(&self, order: Ordering) -> Self::Value;
     /// Stores `v`.
     fn store(&self, v: Self::Value, order: Ordering);
+    /// Stores `v`, returning the previous value.
+    fn swap(&self, v: Self::Value, order: Ordering) -> Self::Value;
     /// Stores `new` if the value is `current`; the previous value either way.
     fn compare_exchange(
         &self,
@@ -33,7 +35,6 @@ pub trait Atomic: Sync + Send {
         failure: Ordering,
     ) -> Result<Self::Value, Self::Value>;
     /// As [`Atomic::compare_exchange`], but may fail spuriously.
-    #[allow(dead_code)] // TEMP: see UnsafeCell
     fn compare_exchange_weak(
         &self,
         current: Self::Value,
@@ -114,6 +115,10 @@ macro_rules! forward_atomic {
             #[inline(always)]
             fn store(&self, v: $v, order: Ordering) {
                 <$a>::store(self, v, order)
+            }
+            #[inline(always)]
+            fn swap(&self, v: $v, order: Ordering) -> $v {
+                <$a>::swap(self, v, order)
             }
             #[inline(always)]
             fn compare_exchange(
@@ -242,12 +247,13 @@ pub fn model(
     n
 }
 
-/// A loom builder with loom's defaults and the preemption bound `bound` (`None`: all
-/// interleavings), unless `LOOM_MAX_PREEMPTIONS` says otherwise.
+/// A loom builder with loom's defaults and the preemption bound `bound` (`None`: every
+/// interleaving), unless `LOOM_MAX_PREEMPTIONS` sets another or `HEAPROF_LOOM_EXHAUSTIVE`
+/// asks for every interleaving of every model (minutes for the larger ones).
 #[cfg(all(test, loom))]
 pub fn builder(bound: Option<usize>) -> loom::model::Builder {
     let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
+    if b.preemption_bound.is_none() && std::env::var_os("HEAPROF_LOOM_EXHAUSTIVE").is_none() {
         b.preemption_bound = bound;
     }
     b
