@@ -53,7 +53,7 @@ pub trait AtomicInt: Atomic {
 /// A cell whose contents one party at a time may access, as the protocol around it says.
 /// The accessors hand out raw pointers inside a closure (loom's API), so that loom can
 /// check that no two accesses race.
-pub trait UnsafeCell<T> {
+pub trait SharedCell<T> {
     /// Calls `f` with a pointer for reading the contents.
     fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R;
     /// Calls `f` with a pointer for writing the contents.
@@ -75,7 +75,7 @@ pub trait Family: Sized + 'static {
     /// Atomic `*mut T`.
     type Ptr<T>: Atomic<Value = *mut T>;
     /// Interior mutability handed over by a protocol.
-    type Cell<T>: UnsafeCell<T>;
+    type Cell<T>: SharedCell<T>;
     /// A busy-wait hint (loom: let another thread run).
     fn spin_loop();
 }
@@ -157,10 +157,10 @@ macro_rules! forward_int {
     )*};
 }
 
-/// [`UnsafeCell`] for a cell type with `with`/`with_mut` (loom's) or `get` (core's).
+/// [`SharedCell`] for a cell type with `with`/`with_mut` (loom's) or `get` (core's).
 macro_rules! forward_cell {
     ($c:ident, get) => {
-        impl<T> UnsafeCell<T> for $c<T> {
+        impl<T> SharedCell<T> for $c<T> {
             #[inline(always)]
             fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
                 f(self.get())
@@ -172,7 +172,7 @@ macro_rules! forward_cell {
         }
     };
     ($c:ident, with) => {
-        impl<T> UnsafeCell<T> for $c<T> {
+        impl<T> SharedCell<T> for $c<T> {
             fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
                 $c::with(self, f)
             }

@@ -13,7 +13,7 @@
 
 use core::mem::MaybeUninit;
 
-use crate::atomics::{Atomic, Family, Ordering, Std, UnsafeCell};
+use crate::atomics::{Atomic, Family, Ordering, SharedCell, Std};
 
 const EMPTY: u8 = 0;
 const RUNNING: u8 = 1;

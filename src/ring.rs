@@ -20,7 +20,7 @@
 //! Memory: `capacity × (16 + 8 × DEPTH)` bytes mapped once from the kernel (`MAP_NORESERVE`,
 //! pages cost RSS only once touched); the ring lives for the rest of the process.
 
-use crate::atomics::{Atomic, AtomicInt, Family, Ordering, Std, UnsafeCell};
+use crate::atomics::{Atomic, AtomicInt, Family, Ordering, SharedCell, Std};
 use crate::sys;
 
 /// Frames per sample (the unwinder's maximum depth).
