@@ -219,9 +219,10 @@ impl<F: Family> BucketTable<F> {
         }
     }
 
-    /// Finds or creates the bucket of (`stack`, `labels`, `size_class(size)`);
-    /// [`OVERFLOW_BUCKET`] when full.
-    pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
+    /// [`BucketTable::find`] for any atomics family (the program's is the wrapper, so
+    /// that callers in generic code call it instead of instantiating this body).
+    #[inline(always)]
+    fn find_impl(&self, stack: u32, labels: u32, size: u64) -> u32 {
         let class = size_class(size);
         let usable = self.index.len() - 1;
         let start = probe_start(stack, labels, class, usable);
@@ -258,29 +259,6 @@ impl<F: Family> BucketTable<F> {
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
         OVERFLOW_BUCKET
-    }
-
-    /// Counts one sampled allocation of `size` bytes with weight `w` in bucket `id`.
-    pub fn record_alloc(&self, id: u32, size: u64, w: Weight) {
-        let b = &self.counters[id as usize][shard()];
-        b.alloc_count.fetch_add(1, Ordering::Relaxed);
-        b.alloc_bytes.fetch_add(size, Ordering::Relaxed);
-        b.alloc_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
-        b.alloc_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
-    }
-
-    /// Counts the free of a block recorded by [`record_alloc`](Self::record_alloc) with the
-    /// same `id`, `size` and `w`. Ids come from block headers; an out-of-range id (a header
-    /// that cannot be ours) is ignored.
-    pub fn record_free(&self, id: u32, size: u64, w: Weight) {
-        let Some(shards) = self.counters.get(id as usize) else {
-            return;
-        };
-        let b = &shards[shard()];
-        b.free_count.fetch_add(1, Ordering::Relaxed);
-        b.free_bytes.fetch_add(size, Ordering::Relaxed);
-        b.free_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
-        b.free_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
     }
 
     /// Reads bucket `idx`'s counters, summed over the shards (allocation-free).
@@ -341,6 +319,39 @@ impl<F: Family> BucketTable<F> {
     /// Samples that found no bucket and were counted in [`OVERFLOW_BUCKET`].
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// The program's entry points, not generic, so the allocator's generic code calls them
+/// rather than instantiating them.
+impl BucketTable {
+    /// Finds or creates the bucket of (`stack`, `labels`, `size_class(size)`);
+    /// [`OVERFLOW_BUCKET`] when full.
+    pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
+        self.find_impl(stack, labels, size)
+    }
+
+    /// Counts one sampled allocation of `size` bytes with weight `w` in bucket `id`.
+    pub fn record_alloc(&self, id: u32, size: u64, w: Weight) {
+        let b = &self.counters[id as usize][shard()];
+        b.alloc_count.fetch_add(1, Ordering::Relaxed);
+        b.alloc_bytes.fetch_add(size, Ordering::Relaxed);
+        b.alloc_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
+        b.alloc_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
+    }
+
+    /// Counts the free of a block recorded by [`record_alloc`](Self::record_alloc) with the
+    /// same `id`, `size` and `w`. Ids come from block headers; an out-of-range id (a header
+    /// that cannot be ours) is ignored.
+    pub fn record_free(&self, id: u32, size: u64, w: Weight) {
+        let Some(shards) = self.counters.get(id as usize) else {
+            return;
+        };
+        let b = &shards[shard()];
+        b.free_count.fetch_add(1, Ordering::Relaxed);
+        b.free_bytes.fetch_add(size, Ordering::Relaxed);
+        b.free_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
+        b.free_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
     }
 }
 
@@ -597,7 +608,7 @@ mod loom_model {
 
     /// `find`, checking that the id it gives names a bucket its caller sees as the key.
     fn find(t: &BucketTable<Loom>, key: Key) -> u32 {
-        let id = t.find(key.0, key.1, key.2);
+        let id = t.find_impl(key.0, key.1, key.2);
         if id != OVERFLOW_BUCKET {
             assert_eq!(describe(t, id), key, "bucket {id} seen unwritten");
         }
@@ -644,7 +655,7 @@ mod loom_model {
             assert_eq!(ids.len(), keys.len(), "{found:?}");
             assert_eq!(t.used(), ids.len(), "{found:?}");
             for (k, id) in found {
-                assert_eq!(t.find(k.0, k.1, k.2), id, "{k:?} not found again");
+                assert_eq!(t.find_impl(k.0, k.1, k.2), id, "{k:?} not found again");
             }
             // SAFETY: every thread is joined; `t` is not used again.
             unsafe { free(t) };

@@ -68,9 +68,10 @@ impl<F: Family> StackTable<F> {
         }
     }
 
-    /// Returns the id of `frames` (leaf first), storing them if new; [`OVERFLOW_STACK`]
-    /// when the table has no room. Lock-free and allocation-free.
-    pub fn intern(&self, frames: &[usize]) -> u32 {
+    /// [`StackTable::intern`] for any atomics family (the program's is the wrapper, so
+    /// that callers in generic code call it instead of instantiating this body).
+    #[inline(always)]
+    fn intern_impl(&self, frames: &[usize]) -> u32 {
         let frames = &frames[..frames.len().min(MAX_DEPTH)];
         let key = hash_frames(frames);
         let usable = self.slots.len() - 1;
@@ -148,6 +149,16 @@ impl<F: Family> StackTable<F> {
     /// How many stacks were counted under [`OVERFLOW_STACK`].
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// The program's entry point, not generic, so the allocator's generic code calls it rather
+/// than instantiating it.
+impl StackTable {
+    /// Returns the id of `frames` (leaf first), storing them if new; [`OVERFLOW_STACK`]
+    /// when the table has no room. Lock-free and allocation-free.
+    pub fn intern(&self, frames: &[usize]) -> u32 {
+        self.intern_impl(frames)
     }
 }
 
@@ -261,8 +272,8 @@ mod loom_model {
     fn one_writer_claims_a_slot_and_readers_see_it_whole() {
         let n = atomics::model("stacktab claim", atomics::builder(None), || {
             let t = table(1);
-            let ta = thread::spawn(move || t.intern(&A));
-            let tb = thread::spawn(move || t.intern(&B));
+            let ta = thread::spawn(move || t.intern_impl(&A));
+            let tb = thread::spawn(move || t.intern_impl(&B));
             let reader = thread::spawn(move || read(t, 1));
             let seen = reader.join().unwrap();
             assert!(seen.is_none() || seen == Some(A.to_vec()) || seen == Some(B.to_vec()));
@@ -287,8 +298,8 @@ mod loom_model {
     fn the_same_stack_from_two_threads_reads_back_whole() {
         let n = atomics::model("stacktab publish", atomics::builder(None), || {
             let t = table(2);
-            let t1 = thread::spawn(move || t.intern(&A));
-            let t2 = thread::spawn(move || t.intern(&A));
+            let t1 = thread::spawn(move || t.intern_impl(&A));
+            let t2 = thread::spawn(move || t.intern_impl(&A));
             let reader = thread::spawn(move || [read(t, 1), read(t, 2)]);
             for seen in reader.join().unwrap() {
                 assert!(seen.is_none() || seen == Some(A.to_vec()), "read {seen:?}");
@@ -298,7 +309,7 @@ mod loom_model {
                 assert_ne!(id, OVERFLOW_STACK);
                 assert_eq!(read(t, id), Some(A.to_vec()));
             }
-            assert!([a, b].contains(&t.intern(&A)));
+            assert!([a, b].contains(&t.intern_impl(&A)));
             // SAFETY: every thread is joined; `t` is not used again.
             unsafe { free(t) };
         });

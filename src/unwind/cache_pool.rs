@@ -92,13 +92,14 @@ impl<T, F: Family> Slot<T, F> {
 
 /// The leasing protocol: claims the first slot of `pool`, from `start` on round the pool,
 /// that is free and holds a value, first filling an empty free slot with `make`'s value
-/// if it gives one (else that slot is passed over). The slot stays leased until
+/// if `may_fill` (else empty slots are passed over). The slot stays leased until
 /// [`Slot::release`]. Never waits.
 #[inline(always)]
 fn claim<T, F: Family, const N: usize>(
     pool: &[CachePadded<Slot<T, F>>; N],
     start: usize,
-    mut make: impl FnMut() -> Option<*mut T>,
+    may_fill: bool,
+    mut make: impl FnMut() -> *mut T,
 ) -> Option<(usize, &Slot<T, F>, *mut T)> {
     for i in 0..N {
         let idx = (start + i) % N;
@@ -112,11 +113,11 @@ fn claim<T, F: Family, const N: usize>(
         }
         let mut value = slot.cache.load(Ordering::Relaxed);
         if value.is_null() {
-            let Some(made) = make() else {
+            if !may_fill {
                 slot.release();
                 continue;
-            };
-            value = made;
+            }
+            value = make();
             slot.cache.store(value, Ordering::Relaxed);
         }
         return Some((idx, slot, value));
@@ -194,11 +195,9 @@ pub(super) fn try_lease(may_alloc: bool) -> Option<Lease> {
         start = NEXT_HINT.fetch_add(1, Ordering::Relaxed) % POOL_SLOTS as u32 + 1;
         HINT.set(start);
     }
-    let (idx, slot, cache) = claim(&POOL, (start - 1) as usize, || {
-        may_alloc.then(|| {
-            crate::fork::ensure_registered();
-            Box::into_raw(CacheSet::new())
-        })
+    let (idx, slot, cache) = claim(&POOL, (start - 1) as usize, may_alloc, || {
+        crate::fork::ensure_registered();
+        Box::into_raw(CacheSet::new())
     })?;
     HINT.set(idx as u32 + 1);
     Some(Lease { slot, cache })
@@ -304,12 +303,10 @@ mod loom_model {
     /// counts one use in the leased value; whether a lease was had.
     fn lease_and_use(pool: &Pool, start: usize, may_fill: bool, made: &AtomicUsize) -> bool {
         let make = || {
-            may_fill.then(|| {
-                made.fetch_add(1, Ordering::Relaxed);
-                Box::into_raw(Box::new(UnsafeCell::new(0)))
-            })
+            made.fetch_add(1, Ordering::Relaxed);
+            Box::into_raw(Box::new(UnsafeCell::new(0)))
         };
-        let Some((_, slot, cache)) = claim(pool, start, make) else {
+        let Some((_, slot, cache)) = claim(pool, start, may_fill, make) else {
             return false;
         };
         // SAFETY: `cache` came from `Box::into_raw` in `make` and is freed only after
