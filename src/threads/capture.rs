@@ -622,7 +622,7 @@ mod loom_model {
     /// ends FREE.
     #[test]
     fn one_owner_at_a_time_and_stale_signals_dropped() {
-        let n = atomics::model("threads capture", atomics::builder(Some(3)), || {
+        let n = atomics::model("threads capture", atomics::builder(Some(6)), || {
             // Left DONE by a handler of round 1 that finished after its writer gave up.
             let slot: Arc<Slot<Loom>> = Arc::new(Slot {
                 word: Atomic::new((1 << 2) | DONE),
