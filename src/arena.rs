@@ -38,7 +38,9 @@
 //! then fails). Push publishes with release and pop takes with acquire, so a slot's
 //! previous owner's writes happen before its next owner's.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+
+use crate::atomics::{Atomic, Family, Ordering, Std};
 
 use crate::live::{SMALL_PERIOD, TAG_SMALL};
 
@@ -140,7 +142,17 @@ fn link(unit: usize) -> &'static AtomicU32 {
 }
 
 fn pop(class: usize) -> Option<usize> {
-    let head = &HEADS[class].0;
+    pop_from::<Std>(&HEADS[class].0, link)
+}
+
+fn push(class: usize, unit: usize) {
+    push_to::<Std>(&HEADS[class].0, link, unit)
+}
+
+/// Pops the top slot of the free list at `head`, whose links `link` gives (see "Free
+/// lists" above; atomics of `F`: see `atomics`).
+#[inline(always)]
+fn pop_from<'a, F: Family>(head: &F::U64, link: impl Fn(usize) -> &'a F::U32) -> Option<usize> {
     let mut h = head.load(Ordering::Acquire);
     loop {
         let top = h as u32;
@@ -156,8 +168,9 @@ fn pop(class: usize) -> Option<usize> {
     }
 }
 
-fn push(class: usize, unit: usize) {
-    let head = &HEADS[class].0;
+/// Pushes slot `unit` on the free list at `head`, whose links `link` gives.
+#[inline(always)]
+fn push_to<'a, F: Family>(head: &F::U64, link: impl Fn(usize) -> &'a F::U32, unit: usize) {
     let mut h = head.load(Ordering::Relaxed);
     loop {
         link(unit).store(h as u32, Ordering::Relaxed);
@@ -418,5 +431,82 @@ mod tests {
         assert_eq!(class_of_need(UNIT + 1), Some(1));
         assert_eq!(class_of_need(MAX_NEED), Some(CLASSES - 1));
         assert_eq!(class_of_need(MAX_NEED + 1), None);
+    }
+}
+
+/// A model of the free lists' push/pop under loom (`atomics`): one thread takes a slot and
+/// gives it back while another takes two and gives them back in the other order, the
+/// sequence that turns the first thread's pop into ABA without the generation.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::atomics::{self, Loom};
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const SLOTS: usize = 3;
+
+    /// A free list of [`SLOTS`] slots, each with a cell standing for its memory.
+    struct List {
+        head: <Loom as Family>::U64,
+        links: Vec<<Loom as Family>::U32>,
+        memory: Vec<UnsafeCell<usize>>,
+    }
+
+    impl List {
+        fn pop(&self) -> Option<usize> {
+            pop_from::<Loom>(&self.head, |u| &self.links[u])
+        }
+
+        fn push(&self, unit: usize) {
+            push_to::<Loom>(&self.head, |u| &self.links[u], unit)
+        }
+
+        /// Takes a slot and writes its memory as owner `who` would (loom checks that the
+        /// previous owner's accesses happen before).
+        fn take(&self, who: usize) -> Option<usize> {
+            let unit = self.pop()?;
+            // SAFETY: a popped slot is this thread's alone until pushed (the protocol under
+            // test; loom reports any overlap).
+            self.memory[unit].with_mut(|m| unsafe { *m = who });
+            Some(unit)
+        }
+    }
+
+    /// No slot is handed to two owners at once (loom sees the memory accesses race), and
+    /// when all is given back every slot is on the list exactly once.
+    #[test]
+    fn no_slot_twice_and_none_lost() {
+        let n = atomics::model("arena free list", atomics::builder(None), || {
+            let list = Arc::new(List {
+                head: Atomic::new(0),
+                links: (0..SLOTS).map(|_| Atomic::new(0)).collect(),
+                memory: (0..SLOTS).map(|_| UnsafeCell::new(0)).collect(),
+            });
+            for unit in (0..SLOTS).rev() {
+                list.push(unit);
+            }
+            let l = list.clone();
+            let one = thread::spawn(move || {
+                if let Some(a) = l.take(1) {
+                    l.push(a);
+                }
+            });
+            let l = list.clone();
+            let two = thread::spawn(move || {
+                let a = l.take(2);
+                let b = l.take(2);
+                for unit in [a, b].into_iter().flatten() {
+                    l.push(unit);
+                }
+            });
+            one.join().unwrap();
+            two.join().unwrap();
+            let mut all: Vec<usize> = (0..=SLOTS).map_while(|_| list.pop()).collect();
+            all.sort_unstable();
+            assert_eq!(all, [0, 1, 2], "free list after the threads");
+        });
+        assert!(n > 1);
     }
 }

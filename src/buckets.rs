@@ -21,7 +21,7 @@
 //! stack). When no bucket can be had, counts go to [`OVERFLOW_BUCKET`], whose stack is the
 //! overflow pseudo-stack.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::atomics::{Atomic, AtomicInt, Family, Ordering, Std};
 
 use crate::sampler::Weight;
 use crate::stacktab::OVERFLOW_STACK;
@@ -39,24 +39,25 @@ const MAX_PROBES: usize = 256;
 /// hundred pages per array: ~1 ms of page faults at start-up).
 ///
 /// The slot holds the bucket's whole key, so a lookup reads one cache line of the index and
-/// nothing else (`id`: 0 empty, [`WRITING`] claimed, else the published id).
+/// nothing else (`id`: 0 empty, [`WRITING`] claimed, else the published id). Atomics of
+/// `F`, like the other types here: see `atomics`.
 #[repr(C)]
-pub struct IndexSlot {
-    id: AtomicU32,
-    stack: AtomicU32,
-    labels: AtomicU32,
-    class: AtomicU32,
+pub struct IndexSlot<F: Family = Std> {
+    id: F::U32,
+    stack: F::U32,
+    labels: F::U32,
+    class: F::U32,
 }
 
 /// What one bucket counts: written once by its creator, then only read, so descriptions
 /// can share cache lines with no cost to anyone.
 #[repr(C)]
-pub struct Bucket {
-    class: AtomicU32,
-    stack: AtomicU32,
-    labels: AtomicU32,
+pub struct Bucket<F: Family = Std> {
+    class: F::U32,
+    stack: F::U32,
+    labels: F::U32,
     /// Non-zero once the fields above are written (Release/Acquire).
-    ready: AtomicU32,
+    ready: F::U32,
 }
 
 /// Counter shards per bucket. A thread adds its samples and frees to its own shard
@@ -71,15 +72,15 @@ pub const SHARDS: usize = 4;
 /// One shard of a bucket's counters, a cache line of its own. All counters only grow;
 /// in-use = alloc − free.
 #[repr(C, align(64))]
-pub struct Counters {
-    alloc_count: AtomicU64,
-    alloc_bytes: AtomicU64,
-    free_count: AtomicU64,
-    free_bytes: AtomicU64,
-    alloc_objects_w: AtomicU64,
-    alloc_bytes_w: AtomicU64,
-    free_objects_w: AtomicU64,
-    free_bytes_w: AtomicU64,
+pub struct Counters<F: Family = Std> {
+    alloc_count: F::U64,
+    alloc_bytes: F::U64,
+    free_count: F::U64,
+    free_bytes: F::U64,
+    alloc_objects_w: F::U64,
+    alloc_bytes_w: F::U64,
+    free_objects_w: F::U64,
+    free_bytes_w: F::U64,
 }
 
 /// Bytes of one bucket's index slot and description (for the documented memory cost).
@@ -134,16 +135,16 @@ pub struct BucketSnapshot {
 }
 
 /// The fixed bucket table.
-pub struct BucketTable {
+pub struct BucketTable<F: Family = Std> {
     /// Hash index: key → id (slot 0 unused).
-    index: &'static [IndexSlot],
+    index: &'static [IndexSlot<F>],
     /// Bucket descriptions by id (id 0 is the overflow bucket).
-    buckets: &'static [Bucket],
+    buckets: &'static [Bucket<F>],
     /// Each bucket's `SHARDS` counters, by id.
-    counters: &'static [[Counters; SHARDS]],
+    counters: &'static [[Counters<F>; SHARDS]],
     /// Ids handed out: buckets 1..=used exist (or are being written).
-    used: AtomicU32,
-    overflowed: AtomicU64,
+    used: F::U32,
+    overflowed: F::U64,
 }
 
 /// Sizes up to this many bytes are each a class of their own.
@@ -193,13 +194,13 @@ fn probe_start(stack: u32, labels: u32, class: u32, usable: usize) -> usize {
     }
 }
 
-impl BucketTable {
+impl<F: Family> BucketTable<F> {
     /// Builds a table over zeroed memory: an index, descriptions and counters of the same
     /// length (capacity + 1; id 0 is the overflow bucket).
     pub fn new(
-        index: &'static [IndexSlot],
-        buckets: &'static [Bucket],
-        counters: &'static [[Counters; SHARDS]],
+        index: &'static [IndexSlot<F>],
+        buckets: &'static [Bucket<F>],
+        counters: &'static [[Counters<F>; SHARDS]],
     ) -> Self {
         assert!(
             buckets.len() >= 2,
@@ -213,14 +214,15 @@ impl BucketTable {
             index,
             buckets,
             counters,
-            used: AtomicU32::new(0),
-            overflowed: AtomicU64::new(0),
+            used: Atomic::new(0),
+            overflowed: Atomic::new(0),
         }
     }
 
-    /// Finds or creates the bucket of (`stack`, `labels`, `size_class(size)`);
-    /// [`OVERFLOW_BUCKET`] when full.
-    pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
+    /// [`BucketTable::find`] for any atomics family (the program's is the wrapper, so
+    /// that callers in generic code call it instead of instantiating this body).
+    #[inline(always)]
+    fn find_impl(&self, stack: u32, labels: u32, size: u64) -> u32 {
         let class = size_class(size);
         let usable = self.index.len() - 1;
         let start = probe_start(stack, labels, class, usable);
@@ -257,29 +259,6 @@ impl BucketTable {
         }
         self.overflowed.fetch_add(1, Ordering::Relaxed);
         OVERFLOW_BUCKET
-    }
-
-    /// Counts one sampled allocation of `size` bytes with weight `w` in bucket `id`.
-    pub fn record_alloc(&self, id: u32, size: u64, w: Weight) {
-        let b = &self.counters[id as usize][shard()];
-        b.alloc_count.fetch_add(1, Ordering::Relaxed);
-        b.alloc_bytes.fetch_add(size, Ordering::Relaxed);
-        b.alloc_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
-        b.alloc_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
-    }
-
-    /// Counts the free of a block recorded by [`record_alloc`](Self::record_alloc) with the
-    /// same `id`, `size` and `w`. Ids come from block headers; an out-of-range id (a header
-    /// that cannot be ours) is ignored.
-    pub fn record_free(&self, id: u32, size: u64, w: Weight) {
-        let Some(shards) = self.counters.get(id as usize) else {
-            return;
-        };
-        let b = &shards[shard()];
-        b.free_count.fetch_add(1, Ordering::Relaxed);
-        b.free_bytes.fetch_add(size, Ordering::Relaxed);
-        b.free_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
-        b.free_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
     }
 
     /// Reads bucket `idx`'s counters, summed over the shards (allocation-free).
@@ -347,6 +326,39 @@ impl BucketTable {
     }
 }
 
+/// The program's entry points, not generic, so the allocator's generic code calls them
+/// rather than instantiating them.
+impl BucketTable {
+    /// Finds or creates the bucket of (`stack`, `labels`, `size_class(size)`);
+    /// [`OVERFLOW_BUCKET`] when full.
+    pub fn find(&self, stack: u32, labels: u32, size: u64) -> u32 {
+        self.find_impl(stack, labels, size)
+    }
+
+    /// Counts one sampled allocation of `size` bytes with weight `w` in bucket `id`.
+    pub fn record_alloc(&self, id: u32, size: u64, w: Weight) {
+        let b = &self.counters[id as usize][shard()];
+        b.alloc_count.fetch_add(1, Ordering::Relaxed);
+        b.alloc_bytes.fetch_add(size, Ordering::Relaxed);
+        b.alloc_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
+        b.alloc_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
+    }
+
+    /// Counts the free of a block recorded by [`record_alloc`](Self::record_alloc) with the
+    /// same `id`, `size` and `w`. Ids come from block headers; an out-of-range id (a header
+    /// that cannot be ours) is ignored.
+    pub fn record_free(&self, id: u32, size: u64, w: Weight) {
+        let Some(shards) = self.counters.get(id as usize) else {
+            return;
+        };
+        let b = &shards[shard()];
+        b.free_count.fetch_add(1, Ordering::Relaxed);
+        b.free_bytes.fetch_add(size, Ordering::Relaxed);
+        b.free_objects_w.fetch_add(w.objects_fp, Ordering::Relaxed);
+        b.free_bytes_w.fetch_add(w.bytes, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,7 +373,7 @@ mod tests {
     #[test]
     fn a_sites_size_classes_share_a_page_of_the_index() {
         let n = 1 << 14;
-        let t = BucketTable::new(leak_slots(n), leak_slots(n), leak_slots(n));
+        let t: BucketTable = BucketTable::new(leak_slots(n), leak_slots(n), leak_slots(n));
         // Two sites, each allocating every size from 1 byte to 1 MiB (~140 classes).
         let mut sizes: Vec<u64> = (1..=32).collect();
         sizes.extend((6..=20).flat_map(|p| (1..=8).map(move |k| (1u64 << p) + k * (1 << (p - 3)))));
@@ -403,7 +415,7 @@ mod tests {
 
     #[test]
     fn keyed_by_stack_labels_and_size_class() {
-        let t = BucketTable::new(leak_slots(16), leak_slots(16), leak_slots(16));
+        let t: BucketTable = BucketTable::new(leak_slots(16), leak_slots(16), leak_slots(16));
         let a = t.find(3, 0, 100);
         assert_eq!(t.find(3, 0, 100), a);
         assert_eq!(t.find(3, 0, 97), a, "97..=104 share a class");
@@ -519,7 +531,7 @@ mod tests {
 
     #[test]
     fn full_table_uses_overflow_bucket() {
-        let t = BucketTable::new(leak_slots(3), leak_slots(3), leak_slots(3));
+        let t: BucketTable = BucketTable::new(leak_slots(3), leak_slots(3), leak_slots(3));
         let ids: Vec<u32> = (0..5).map(|i| t.find(1, 0, i)).collect();
         assert_eq!(ids.iter().filter(|&&i| i == OVERFLOW_BUCKET).count(), 3);
         assert_eq!(t.overflowed(), 3);
@@ -529,5 +541,143 @@ mod tests {
             && s.stack == OVERFLOW_STACK
             && s.alloc_count == 1));
         t.record_free(9999, 1, W); // ignored, no panic
+    }
+}
+
+/// A model of the index's claim/publish protocol under loom (`atomics`): two writers
+/// creating and finding buckets in a table of two while a reader walks the buckets.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::atomics::{self, Loom};
+    use loom::thread;
+
+    const USABLE: usize = 2;
+    type Key = (u32, u32, u64);
+
+    /// A table of [`USABLE`] buckets, leaked for one iteration.
+    fn table() -> &'static BucketTable<Loom> {
+        let n = USABLE + 1;
+        let index = (0..n)
+            .map(|_| IndexSlot {
+                id: Atomic::new(0),
+                stack: Atomic::new(0),
+                labels: Atomic::new(0),
+                class: Atomic::new(0),
+            })
+            .collect();
+        let buckets = (0..n)
+            .map(|_| Bucket {
+                class: Atomic::new(0),
+                stack: Atomic::new(0),
+                labels: Atomic::new(0),
+                ready: Atomic::new(0),
+            })
+            .collect();
+        let counters = (0..n)
+            .map(|_| {
+                core::array::from_fn(|_| Counters {
+                    alloc_count: Atomic::new(0),
+                    alloc_bytes: Atomic::new(0),
+                    free_count: Atomic::new(0),
+                    free_bytes: Atomic::new(0),
+                    alloc_objects_w: Atomic::new(0),
+                    alloc_bytes_w: Atomic::new(0),
+                    free_objects_w: Atomic::new(0),
+                    free_bytes_w: Atomic::new(0),
+                })
+            })
+            .collect();
+        let t = BucketTable::new(
+            atomics::leak(index),
+            atomics::leak(buckets),
+            atomics::leak(counters),
+        );
+        Box::leak(Box::new(t))
+    }
+
+    /// Frees what `table` leaked.
+    ///
+    /// # Safety
+    /// Every thread that used `t` has been joined; `t` is not used again.
+    unsafe fn free(t: &'static BucketTable<Loom>) {
+        let (index, buckets, counters) = (t.index, t.buckets, t.counters);
+        // SAFETY: `t` came from `Box::leak` in `table` and is not used again; then the
+        // slices it held are not used either.
+        unsafe {
+            drop(Box::from_raw(
+                t as *const BucketTable<Loom> as *mut BucketTable<Loom>,
+            ));
+            atomics::unleak(index);
+            atomics::unleak(buckets);
+            atomics::unleak(counters);
+        }
+    }
+
+    /// Bucket `id`'s description, read as its finder may (relaxed, no `ready` check).
+    fn describe(t: &BucketTable<Loom>, id: u32) -> Key {
+        let b = &t.buckets[id as usize];
+        (
+            b.stack.load(Ordering::Relaxed),
+            b.labels.load(Ordering::Relaxed),
+            b.class.load(Ordering::Relaxed) as u64,
+        )
+    }
+
+    /// `find`, checking that the id it gives names a bucket its caller sees as the key.
+    fn find(t: &BucketTable<Loom>, key: Key) -> u32 {
+        let id = t.find_impl(key.0, key.1, key.2);
+        if id != OVERFLOW_BUCKET {
+            assert_eq!(describe(t, id), key, "bucket {id} seen unwritten");
+        }
+        id
+    }
+
+    /// Distinct keys never share a bucket, a key gets at most one, every id handed out
+    /// names a bucket whose description its finder and any reader see whole, and buckets
+    /// are found again afterwards.
+    #[test]
+    fn keys_get_one_bucket_each_published_before_use() {
+        // Sizes up to 32 bytes are their own class, so the key's class is its size. Two
+        // keys whose probes start at the same slot, so the writers contend for it.
+        let k1: Key = (1, 0, 8);
+        let start = |k: Key| probe_start(k.0, k.1, size_class(k.2), USABLE);
+        let k2: Key = (1..)
+            .map(|labels| (2, labels, 8))
+            .find(|&k| start(k) == start(k1))
+            .unwrap();
+        let n = atomics::model("buckets", atomics::builder(Some(3)), move || {
+            let t = table();
+            let w1 = thread::spawn(move || vec![(k1, find(t, k1))]);
+            let w2 = thread::spawn(move || vec![(k2, find(t, k2)), (k1, find(t, k1))]);
+            let reader = thread::spawn(move || {
+                t.for_each_used(|id, s| {
+                    let key = (s.stack, s.labels, s.class as u64);
+                    assert!(
+                        id == OVERFLOW_BUCKET || key == k1 || key == k2,
+                        "{id}: {key:?}"
+                    );
+                })
+            });
+            reader.join().unwrap();
+            let mut found = w1.join().unwrap();
+            found.extend(w2.join().unwrap());
+            found.retain(|&(_, id)| id != OVERFLOW_BUCKET);
+            let mut ids: Vec<u32> = found.iter().map(|&(_, id)| id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            // One id per key: as many distinct ids as distinct keys that got one.
+            let mut keys: Vec<Key> = found.iter().map(|&(k, _)| k).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            assert_eq!(ids.len(), keys.len(), "{found:?}");
+            assert_eq!(t.used(), ids.len(), "{found:?}");
+            for (k, id) in found {
+                assert_eq!(t.find_impl(k.0, k.1, k.2), id, "{k:?} not found again");
+            }
+            // SAFETY: every thread is joined; `t` is not used again.
+            unsafe { free(t) };
+        });
+        assert!(n > 1);
     }
 }

@@ -53,6 +53,7 @@
 
 mod alloc;
 mod arena;
+mod atomics;
 mod block;
 mod buckets;
 mod config;

@@ -12,35 +12,38 @@
 //!
 //! Must never allocate, lock or block in a way the initialiser cannot end.
 
-use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU8, Ordering};
+
+use crate::atomics::{Atomic, Family, Ordering, SharedCell, Std};
 
 const EMPTY: u8 = 0;
 const RUNNING: u8 = 1;
 const READY: u8 = 2;
 
-/// A value initialised once, by the first caller of [`ForkOnce::call_once`].
-pub struct ForkOnce<T> {
-    state: AtomicU8,
-    value: UnsafeCell<MaybeUninit<T>>,
+/// A value initialised once, by the first caller of [`ForkOnce::call_once`] (atomics and
+/// cell of `F`: see `atomics`).
+pub struct ForkOnce<T, F: Family = Std> {
+    state: F::U8,
+    value: F::Cell<MaybeUninit<T>>,
 }
 
 // SAFETY: the value is written once, by the one thread that moved `state` EMPTY → RUNNING,
 // before the Release store of READY; it is read only after an Acquire load of READY and never
 // written again, so shared access is to an immutable `T` (hence `T: Sync`), and the value may
 // be created on one thread and used on others (`T: Send`).
-unsafe impl<T: Send + Sync> Sync for ForkOnce<T> {}
+unsafe impl<T: Send + Sync, F: Family> Sync for ForkOnce<T, F> {}
 
 impl<T> ForkOnce<T> {
     /// An empty cell.
     pub const fn new() -> Self {
         ForkOnce {
-            state: AtomicU8::new(EMPTY),
-            value: UnsafeCell::new(MaybeUninit::uninit()),
+            state: core::sync::atomic::AtomicU8::new(EMPTY),
+            value: core::cell::UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
+}
 
+impl<T, F: Family> ForkOnce<T, F> {
     /// The value, initialising it with `f` if no one has; waits (spinning) while another
     /// thread initialises it. `f` must not call back into this cell.
     pub fn call_once(&self, f: impl FnOnce() -> T) -> &T {
@@ -58,27 +61,38 @@ impl<T> ForkOnce<T> {
                     let v = f();
                     // SAFETY: this thread won EMPTY → RUNNING, so it alone writes the slot,
                     // and no reader looks at it before READY is published below.
-                    unsafe { (*self.value.get()).write(v) };
+                    self.value.with_mut(|p| unsafe { (*p).write(v) });
                     self.state.store(READY, Ordering::Release);
                     break;
                 }
                 Err(READY) => break,
-                Err(_) => core::hint::spin_loop(),
+                Err(_) => F::spin_loop(),
             }
         }
         // SAFETY: READY was observed with Acquire (or stored by this thread): the value is
         // initialised and never written again.
-        unsafe { (*self.value.get()).assume_init_ref() }
+        unsafe { self.value_ref() }
     }
 
     /// The value if it is initialised.
     pub fn get(&self) -> Option<&T> {
         if self.state.load(Ordering::Acquire) == READY {
             // SAFETY: as in `call_once`.
-            Some(unsafe { (*self.value.get()).assume_init_ref() })
+            Some(unsafe { self.value_ref() })
         } else {
             None
         }
+    }
+
+    /// The value, for as long as `self` lives.
+    ///
+    /// # Safety
+    /// READY was observed with Acquire (or stored by this thread).
+    #[inline(always)]
+    unsafe fn value_ref(&self) -> &T {
+        // SAFETY: the value is initialised (caller) and never written again, so a shared
+        // reference tied to `&self` stays valid.
+        self.value.with(|p| unsafe { (*p).assume_init_ref() })
     }
 
     /// True once the value is initialised.
@@ -166,5 +180,45 @@ mod tests {
         done_tx.send(()).unwrap();
         assert_eq!(t.join().unwrap(), 1);
         assert_eq!(status, Some(0), "child: {status:?} (None = timed out)");
+    }
+}
+
+/// A model of the EMPTY → RUNNING → READY protocol under loom (`atomics`): two threads race
+/// to initialise while a third reads.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::atomics::{self, Loom};
+    use loom::sync::atomic::AtomicUsize;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// The initialiser runs once, and both callers get the value it made: the loser reads
+    /// it only once published (loom checks every access to the cell).
+    #[test]
+    fn initialises_once_and_publishes_before_use() {
+        let n = atomics::model("once", atomics::builder(None), || {
+            let once: Arc<ForkOnce<usize, Loom>> = Arc::new(ForkOnce {
+                state: Atomic::new(EMPTY),
+                value: loom::cell::UnsafeCell::new(MaybeUninit::uninit()),
+            });
+            let inits = Arc::new(AtomicUsize::new(0));
+            let callers: Vec<_> = (1..=2)
+                .map(|i| {
+                    let (once, inits) = (once.clone(), inits.clone());
+                    thread::spawn(move || {
+                        *once.call_once(|| {
+                            inits.fetch_add(1, Ordering::Relaxed);
+                            i
+                        })
+                    })
+                })
+                .collect();
+            let got: Vec<usize> = callers.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(inits.load(Ordering::Relaxed), 1);
+            assert_eq!(got[0], got[1]);
+            assert_eq!(once.get(), Some(&got[0]));
+        });
+        assert!(n > 1);
     }
 }

@@ -20,41 +20,40 @@
 //! Memory: `capacity × (16 + 8 × DEPTH)` bytes mapped once from the kernel (`MAP_NORESERVE`,
 //! pages cost RSS only once touched); the ring lives for the rest of the process.
 
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
+use crate::atomics::{Atomic, AtomicInt, Family, Ordering, SharedCell, Std};
 use crate::sys;
 
 /// Frames per sample (the unwinder's maximum depth).
 pub const DEPTH: usize = crate::unwind::MAX_DEPTH;
 
 #[repr(C)]
-struct Slot {
-    seq: AtomicUsize,
-    tid: UnsafeCell<i32>,
-    labels: UnsafeCell<u32>,
-    len: UnsafeCell<u32>,
-    frames: UnsafeCell<[usize; DEPTH]>,
+struct Slot<F: Family = Std> {
+    seq: F::Usize,
+    tid: F::Cell<i32>,
+    labels: F::Cell<u32>,
+    len: F::Cell<u32>,
+    frames: F::Cell<[usize; DEPTH]>,
 }
 
-/// A fixed-capacity ring of stack samples. See the module docs for the protocol.
-pub struct Ring {
-    slots: *mut Slot,
+/// A fixed-capacity ring of stack samples (atomics and cells of `F`: see `atomics`). See
+/// the module docs for the protocol.
+pub struct Ring<F: Family = Std> {
+    slots: *mut Slot<F>,
     mask: usize,
     /// Next position a producer claims.
-    tail: AtomicUsize,
+    tail: F::Usize,
     /// Next position the (single) consumer reads. Atomic only so `&self` suffices.
-    head: AtomicUsize,
+    head: F::Usize,
     /// Samples dropped because the ring was full.
-    lost: AtomicU64,
+    lost: F::U64,
 }
 
 // SAFETY: slot contents are only written by the producer that claimed the slot (CAS on
 // `tail`) before it publishes with a Release store of `seq`, and only read by the single
 // consumer after an Acquire load of that `seq`; the sequence stamps hand each slot over.
-unsafe impl Sync for Ring {}
+unsafe impl<F: Family> Sync for Ring<F> {}
 // SAFETY: as above; the mapping is never freed, so the pointer stays valid on any thread.
-unsafe impl Send for Ring {}
+unsafe impl<F: Family> Send for Ring<F> {}
 
 impl Ring {
     /// Maps a ring of `capacity` slots (rounded up to a power of two, at least 2) and leaks
@@ -73,18 +72,20 @@ impl Ring {
         Some(Box::leak(Box::new(Ring {
             slots,
             mask: cap - 1,
-            tail: AtomicUsize::new(0),
-            head: AtomicUsize::new(0),
-            lost: AtomicU64::new(0),
+            tail: Atomic::new(0),
+            head: Atomic::new(0),
+            lost: Atomic::new(0),
         })))
     }
+}
 
+impl<F: Family> Ring<F> {
     /// Number of slots.
     pub fn capacity(&self) -> usize {
         self.mask + 1
     }
 
-    fn slot(&self, pos: usize) -> &Slot {
+    fn slot(&self, pos: usize) -> &Slot<F> {
         // SAFETY: `pos & mask < capacity`, and the mapping holds `capacity` slots for ever.
         unsafe { &*self.slots.add(pos & self.mask) }
     }
@@ -125,12 +126,15 @@ impl Ring {
         };
         // SAFETY: the CAS above made this producer the only writer of the slot until its
         // Release store below; the consumer reads it only after seeing `pos + 1`.
-        let n = unsafe { fill(&mut *slot.frames.get()) }.min(DEPTH);
+        let n = slot
+            .frames
+            .with_mut(|f| fill(unsafe { &mut *f }))
+            .min(DEPTH);
         // SAFETY: as above.
         unsafe {
-            *slot.tid.get() = tid;
-            *slot.labels.get() = labels;
-            *slot.len.get() = n as u32;
+            slot.tid.with_mut(|p| *p = tid);
+            slot.labels.with_mut(|p| *p = labels);
+            slot.len.with_mut(|p| *p = n as u32);
         }
         slot.seq.store(pos + 1, Ordering::Release);
         true
@@ -161,15 +165,11 @@ impl Ring {
         }
         // SAFETY: the Acquire load saw the producer's Release store of `pos + 1`, so the slot
         // is fully written, and no producer touches it until we store `pos + capacity`.
-        let (tid, labels, frames) = unsafe {
-            let n = (*slot.len.get() as usize).min(DEPTH);
-            (
-                *slot.tid.get(),
-                *slot.labels.get(),
-                &(&*slot.frames.get())[..n],
-            )
-        };
-        f(tid, labels, frames);
+        unsafe {
+            let n = (slot.len.with(|p| *p) as usize).min(DEPTH);
+            let (tid, labels) = (slot.tid.with(|p| *p), slot.labels.with(|p| *p));
+            slot.frames.with(|p| f(tid, labels, &(&*p)[..n]));
+        }
         self.head.store(pos + 1, Ordering::Relaxed);
         slot.seq.store(pos + self.capacity(), Ordering::Release);
         true
@@ -297,5 +297,105 @@ mod tests {
             assert_eq!(v.len(), pushed[*p as usize]);
             assert!(v.windows(2).all(|w| w[0] < w[1]), "per-producer order kept");
         }
+    }
+}
+
+/// A model of the sequence-stamp protocol under loom (`atomics`): two producers and the
+/// consumer on a ring of two slots, so producers contend for a slot, find the ring full,
+/// and write a slot again after the consumer freed it (the next lap).
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::atomics::{self, Loom};
+    use loom::thread;
+
+    const CAP: usize = 2;
+
+    /// A ring of [`CAP`] slots, leaked for one iteration.
+    fn ring() -> &'static Ring<Loom> {
+        let slots: Box<[Slot<Loom>]> = (0..CAP)
+            .map(|i| Slot {
+                seq: Atomic::new(i),
+                tid: loom::cell::UnsafeCell::new(0),
+                labels: loom::cell::UnsafeCell::new(0),
+                len: loom::cell::UnsafeCell::new(0),
+                frames: loom::cell::UnsafeCell::new([0; DEPTH]),
+            })
+            .collect();
+        Box::leak(Box::new(Ring {
+            slots: Box::into_raw(slots).cast::<Slot<Loom>>(),
+            mask: CAP - 1,
+            tail: Atomic::new(0),
+            head: Atomic::new(0),
+            lost: Atomic::new(0),
+        }))
+    }
+
+    /// Frees what `ring` leaked.
+    ///
+    /// # Safety
+    /// Every thread that used `r` has been joined; `r` is not used again.
+    unsafe fn free(r: &'static Ring<Loom>) {
+        let slots = core::ptr::slice_from_raw_parts_mut(r.slots, CAP);
+        // SAFETY: both came from `Box::leak`/`Box::into_raw` in `ring`, and are unused now.
+        unsafe {
+            drop(Box::from_raw(slots));
+            drop(Box::from_raw(r as *const Ring<Loom> as *mut Ring<Loom>));
+        }
+    }
+
+    /// Producer `p`'s sample `i`: tid `p`, labels `p + 100`, two frames that tell whether
+    /// the copy is whole.
+    fn push(r: &Ring<Loom>, p: i32, i: usize) -> bool {
+        r.push_with(p, p as u32 + 100, |f| {
+            f[0] = i;
+            f[1] = i ^ 0x55;
+            2
+        })
+    }
+
+    /// Pops one sample if there is one, checking it is whole; `(producer, index)`.
+    fn pop(r: &Ring<Loom>) -> Option<(i32, usize)> {
+        let mut got = None;
+        r.pop_with(|tid, labels, frames| {
+            assert_eq!(labels, tid as u32 + 100, "labels of another sample");
+            assert_eq!(frames.len(), 2);
+            assert_eq!(frames[1], frames[0] ^ 0x55, "torn frames");
+            got = Some((tid, frames[0]));
+        });
+        got
+    }
+
+    /// Every sample a producer pushed (push returned true) arrives exactly once, whole and
+    /// in the producer's order; every refused one is counted lost.
+    #[test]
+    fn every_sample_arrives_once_whole_or_is_counted_lost() {
+        let n = atomics::model("ring", atomics::builder(Some(3)), || {
+            let r = ring();
+            let p1 = thread::spawn(move || [push(r, 1, 0), push(r, 1, 1)]);
+            let p2 = thread::spawn(move || [push(r, 2, 0)]);
+            let consumer = thread::spawn(move || [pop(r), pop(r)]);
+            let mut got: Vec<(i32, usize)> =
+                consumer.join().unwrap().into_iter().flatten().collect();
+            let pushed1 = p1.join().unwrap();
+            let pushed2 = p2.join().unwrap();
+            while let Some(s) = pop(r) {
+                got.push(s);
+            }
+            let mut want: Vec<(i32, usize)> = Vec::new();
+            want.extend((0..2).filter(|&i| pushed1[i]).map(|i| (1, i)));
+            want.extend(pushed2[0].then_some((2, 0)));
+            let mine = |p: i32, v: &[(i32, usize)]| {
+                v.iter().filter(|s| s.0 == p).copied().collect::<Vec<_>>()
+            };
+            for p in [1, 2] {
+                assert_eq!(mine(p, &got), mine(p, &want), "producer {p}: {got:?}");
+            }
+            let refused = 3 - want.len() as u64;
+            assert_eq!(r.take_lost(), refused);
+            // SAFETY: every thread is joined; `r` is not used again.
+            unsafe { free(r) };
+        });
+        assert!(n > 1);
     }
 }

@@ -15,7 +15,7 @@
 //! same new stack at the same instant can create two ids for it; writers merge identical
 //! stacks, so this costs a slot, never correctness.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::atomics::{Atomic, AtomicInt, Family, Ordering, Std};
 
 use crate::unwind::MAX_DEPTH;
 
@@ -26,12 +26,12 @@ const WRITING: u64 = 1;
 /// Longest probe run before a stack counts as overflow (bounds the sampled path's cost).
 const MAX_PROBES: usize = 256;
 
-/// One stored stack.
+/// One stored stack (atomics of `F`: see `atomics`).
 #[repr(C)]
-pub struct StackSlot {
-    key: AtomicU64,
-    len: AtomicU32,
-    frames: [AtomicUsize; MAX_DEPTH],
+pub struct StackSlot<F: Family = Std> {
+    key: F::U64,
+    len: F::U32,
+    frames: [F::Usize; MAX_DEPTH],
 }
 
 /// Bytes one slot occupies (for the documented memory cost).
@@ -39,10 +39,10 @@ pub struct StackSlot {
 pub const SLOT_BYTES: usize = core::mem::size_of::<StackSlot>();
 
 /// A fixed table of stacks. See the module documentation for the protocol.
-pub struct StackTable {
-    slots: &'static [StackSlot],
+pub struct StackTable<F: Family = Std> {
+    slots: &'static [StackSlot<F>],
     /// Stacks that could not be stored and were counted under [`OVERFLOW_STACK`].
-    overflowed: AtomicU64,
+    overflowed: F::U64,
 }
 
 /// FNV-1a-style mixing of the frame addresses; good enough to spread return addresses.
@@ -55,22 +55,23 @@ fn hash_frames(frames: &[usize]) -> u64 {
     h | 2
 }
 
-impl StackTable {
+impl<F: Family> StackTable<F> {
     /// Builds a table over zeroed slots (`slots[0]` is reserved for overflow).
-    pub fn new(slots: &'static [StackSlot]) -> Self {
+    pub fn new(slots: &'static [StackSlot<F>]) -> Self {
         assert!(
             slots.len() >= 2,
             "a stack table needs room for the overflow slot and one stack"
         );
         StackTable {
             slots,
-            overflowed: AtomicU64::new(0),
+            overflowed: F::U64::new(0),
         }
     }
 
-    /// Returns the id of `frames` (leaf first), storing them if new; [`OVERFLOW_STACK`]
-    /// when the table has no room. Lock-free and allocation-free.
-    pub fn intern(&self, frames: &[usize]) -> u32 {
+    /// [`StackTable::intern`] for any atomics family (the program's is the wrapper, so
+    /// that callers in generic code call it instead of instantiating this body).
+    #[inline(always)]
+    fn intern_impl(&self, frames: &[usize]) -> u32 {
         let frames = &frames[..frames.len().min(MAX_DEPTH)];
         let key = hash_frames(frames);
         let usable = self.slots.len() - 1;
@@ -104,7 +105,7 @@ impl StackTable {
         OVERFLOW_STACK
     }
 
-    fn same(slot: &StackSlot, frames: &[usize]) -> bool {
+    fn same(slot: &StackSlot<F>, frames: &[usize]) -> bool {
         slot.len.load(Ordering::Relaxed) as usize == frames.len()
             && slot
                 .frames
@@ -151,6 +152,16 @@ impl StackTable {
     }
 }
 
+/// The program's entry point, not generic, so the allocator's generic code calls it rather
+/// than instantiating it.
+impl StackTable {
+    /// Returns the id of `frames` (leaf first), storing them if new; [`OVERFLOW_STACK`]
+    /// when the table has no room. Lock-free and allocation-free.
+    pub fn intern(&self, frames: &[usize]) -> u32 {
+        self.intern_impl(frames)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -167,7 +178,7 @@ pub(crate) mod tests {
 
     #[test]
     fn interns_and_reads_back() {
-        let t = StackTable::new(leak_slots(64));
+        let t: StackTable = StackTable::new(leak_slots(64));
         let a = t.intern(&[1, 2, 3]);
         let b = t.intern(&[1, 2, 4]);
         assert_ne!(a, b);
@@ -181,7 +192,7 @@ pub(crate) mod tests {
 
     #[test]
     fn full_table_overflows_without_failing() {
-        let t = StackTable::new(leak_slots(5));
+        let t: StackTable = StackTable::new(leak_slots(5));
         let ids: Vec<u32> = (0..10).map(|i| t.intern(&[i, i + 1])).collect();
         assert_eq!(ids.iter().filter(|&&i| i != OVERFLOW_STACK).count(), 4);
         assert_eq!(t.overflowed(), 6);
@@ -210,5 +221,98 @@ pub(crate) mod tests {
                 assert_eq!(out, vec![i, i * 3, 7]);
             }
         }
+    }
+}
+
+/// Models of the claim/publish protocol under loom (`atomics`): every interleaving of two
+/// writers and a reader, with loom's weak-memory outcomes for the relaxed frame stores.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::atomics::{self, Loom};
+    use loom::thread;
+
+    const A: [usize; 2] = [11, 12];
+    const B: [usize; 2] = [21, 22];
+
+    /// A table of `usable` stack slots (plus the overflow slot), leaked for one iteration.
+    fn table(usable: usize) -> &'static StackTable<Loom> {
+        let slots = (0..=usable)
+            .map(|_| StackSlot {
+                key: Atomic::new(0),
+                len: Atomic::new(0),
+                frames: core::array::from_fn(|_| Atomic::new(0)),
+            })
+            .collect();
+        Box::leak(Box::new(StackTable::new(atomics::leak(slots))))
+    }
+
+    /// Frees what `table` leaked.
+    ///
+    /// # Safety
+    /// Every thread that used `t` has been joined; `t` is not used again.
+    unsafe fn free(t: &'static StackTable<Loom>) {
+        let slots = t.slots;
+        // SAFETY: `t` came from `Box::leak` in `table` and is not used again.
+        drop(unsafe { Box::from_raw(t as *const StackTable<Loom> as *mut StackTable<Loom>) });
+        // SAFETY: as above; the table that held the slots is gone.
+        unsafe { atomics::unleak(slots) };
+    }
+
+    /// What `read(id)` gives, if anything.
+    fn read(t: &StackTable<Loom>, id: u32) -> Option<Vec<usize>> {
+        let mut out = Vec::new();
+        t.read(id, &mut out).then_some(out)
+    }
+
+    /// Two threads store different stacks in a table with one slot while a third reads it:
+    /// exactly one claims the slot (the other overflows), and a reader never sees a
+    /// published slot whose frames are not the winner's, complete.
+    #[test]
+    fn one_writer_claims_a_slot_and_readers_see_it_whole() {
+        let n = atomics::model("stacktab claim", atomics::builder(None), || {
+            let t = table(1);
+            let ta = thread::spawn(move || t.intern_impl(&A));
+            let tb = thread::spawn(move || t.intern_impl(&B));
+            let reader = thread::spawn(move || read(t, 1));
+            let seen = reader.join().unwrap();
+            assert!(seen.is_none() || seen == Some(A.to_vec()) || seen == Some(B.to_vec()));
+            let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
+            let winner = match (a, b) {
+                (1, OVERFLOW_STACK) => A,
+                (OVERFLOW_STACK, 1) => B,
+                other => panic!("ids {other:?}: one slot, two stacks"),
+            };
+            assert_eq!(read(t, 1), Some(winner.to_vec()));
+            assert_eq!(t.overflowed(), 1);
+            // SAFETY: every thread is joined; `t` is not used again.
+            unsafe { free(t) };
+        });
+        assert!(n > 1);
+    }
+
+    /// Two threads intern the same stack while a third reads every slot: both get an id
+    /// whose frames are the stack (two ids at worst, by design), and a reader sees only
+    /// complete copies.
+    #[test]
+    fn the_same_stack_from_two_threads_reads_back_whole() {
+        let n = atomics::model("stacktab publish", atomics::builder(None), || {
+            let t = table(2);
+            let t1 = thread::spawn(move || t.intern_impl(&A));
+            let t2 = thread::spawn(move || t.intern_impl(&A));
+            let reader = thread::spawn(move || [read(t, 1), read(t, 2)]);
+            for seen in reader.join().unwrap() {
+                assert!(seen.is_none() || seen == Some(A.to_vec()), "read {seen:?}");
+            }
+            let (a, b) = (t1.join().unwrap(), t2.join().unwrap());
+            for id in [a, b] {
+                assert_ne!(id, OVERFLOW_STACK);
+                assert_eq!(read(t, id), Some(A.to_vec()));
+            }
+            assert!([a, b].contains(&t.intern_impl(&A)));
+            // SAFETY: every thread is joined; `t` is not used again.
+            unsafe { free(t) };
+        });
+        assert!(n > 1);
     }
 }

@@ -36,11 +36,12 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize};
 use std::mem::MaybeUninit;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::atomics::{Atomic, Family, Ordering, SharedCell as _, Std};
 use crate::unwind::{self, MAX_DEPTH};
 
 /// Threads captured per batch (one slot each).
@@ -61,20 +62,105 @@ const MAGIC: u64 = 0x7468;
 /// Bits of the round carried in `si_value` (the word holds the full round).
 const ROUND_BITS: u32 = 40;
 
-struct Slot {
+/// One capture slot, with atomics and cell of `F` (see `atomics`).
+struct Slot<F: Family = Std> {
     /// `(round << 2) | state`; see the module docs.
-    word: AtomicU64,
+    word: F::U64,
     /// Frames written by the handler, valid once `DONE`.
-    len: AtomicUsize,
+    len: F::Usize,
     /// Written only by the handler that moved the word to `CAPTURING`; read only by the
     /// writer after it saw `DONE` (acquire).
-    frames: UnsafeCell<[usize; MAX_DEPTH]>,
+    frames: F::Cell<[usize; MAX_DEPTH]>,
 }
 
 // SAFETY: `frames` is accessed by one party at a time, as the slot word's state machine
 // says (handler between its CAS to CAPTURING and its release store of DONE; writer after an
 // acquire load of DONE and before it stores FREE); everything else is atomic.
-unsafe impl Sync for Slot {}
+unsafe impl<F: Family> Sync for Slot<F> {}
+
+/// The slot state machine of the module docs, one transition per method.
+impl<F: Family> Slot<F> {
+    /// Writer: asks for a capture in `round` (the slot is FREE and the writer's).
+    fn request(&self, round: u64) {
+        self.len.store(0, Ordering::Relaxed);
+        self.word.store((round << 2) | REQUESTED, Ordering::Release);
+    }
+
+    /// Writer: the request could not be sent; the slot is FREE again.
+    fn cancel(&self) {
+        self.word.store(FREE, Ordering::Release);
+    }
+
+    /// Handler: captures into the slot if it is REQUESTED in the round whose low
+    /// [`ROUND_BITS`] bits are `round`, with `capture` writing the frames; whether it did.
+    #[inline(always)]
+    fn serve(&self, round: u64, capture: impl FnOnce(&mut [usize; MAX_DEPTH]) -> usize) -> bool {
+        let cur = self.word.load(Ordering::Relaxed);
+        // Match the round on the bits the signal carries; the CAS then uses the full word.
+        if cur & STATE_MASK != REQUESTED || (cur >> 2) & ((1 << ROUND_BITS) - 1) != round {
+            return false; // stale
+        }
+        let full_round = cur >> 2;
+        if self
+            .word
+            .compare_exchange(
+                cur,
+                (full_round << 2) | CAPTURING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        // SAFETY: the CAS to CAPTURING gave this handler sole access to the buffer until it
+        // stores DONE (module protocol).
+        let n = self.frames.with_mut(|f| capture(unsafe { &mut *f }));
+        self.len.store(n, Ordering::Relaxed);
+        self.word.store((full_round << 2) | DONE, Ordering::Release);
+        true
+    }
+
+    /// Writer: whether the handler finished the capture of `round`.
+    fn is_done(&self, round: u64) -> bool {
+        self.word.load(Ordering::Acquire) == (round << 2) | DONE
+    }
+
+    /// Writer, on timeout: takes the slot back if no handler claimed it in `round`.
+    fn take_back(&self, round: u64) -> bool {
+        let requested = (round << 2) | REQUESTED;
+        !self.is_done(round)
+            && self
+                .word
+                .compare_exchange(requested, FREE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Writer, once [`Slot::is_done`]: the captured frames; the slot is FREE again.
+    fn take_frames(&self) -> Vec<usize> {
+        let n = self.len.load(Ordering::Relaxed).min(MAX_DEPTH);
+        // SAFETY: DONE was observed with acquire: the handler has finished writing and no
+        // one writes the buffer until this writer stores FREE below.
+        let frames = self.frames.with(|f| unsafe { (&*f)[..n].to_vec() });
+        self.word.store(FREE, Ordering::Release);
+        frames
+    }
+
+    /// Makes the slot usable for a new request if it is free or holds a finished old
+    /// answer.
+    fn claim_free(&self) -> bool {
+        let w = self.word.load(Ordering::Acquire);
+        match w & STATE_MASK {
+            FREE => true,
+            // A handler that finished after its round gave up on it.
+            DONE => self
+                .word
+                .compare_exchange(w, FREE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok(),
+            _ => false,
+        }
+    }
+}
 
 static SLOT: [Slot; SLOTS] = [const {
     Slot {
@@ -254,33 +340,11 @@ unsafe fn serve(info: *mut libc::siginfo_t, ctx: *mut c_void) -> bool {
     let Some(slot) = SLOT.get((value & 0xff) as usize) else {
         return true;
     };
-    let round = value >> 24;
-    let cur = slot.word.load(Ordering::Relaxed);
-    // Match the round on the bits the signal carries; the CAS then uses the full word.
-    if cur & STATE_MASK != REQUESTED || (cur >> 2) & ((1 << ROUND_BITS) - 1) != round {
-        return true; // ours, but stale
-    }
-    let full_round = cur >> 2;
-    if slot
-        .word
-        .compare_exchange(
-            cur,
-            (full_round << 2) | CAPTURING,
-            Ordering::Acquire,
-            Ordering::Relaxed,
-        )
-        .is_err()
-    {
-        return true;
-    }
-    // SAFETY: the CAS to CAPTURING gave this handler sole access to the buffer until it
-    // stores DONE (module protocol).
-    let frames = unsafe { &mut *slot.frames.get() };
     // SAFETY: `ctx` is this handler's ucontext for the interrupted context of this thread.
-    let n = unsafe { unwind::capture_from_ucontext(ctx, frames) };
-    slot.len.store(n, Ordering::Relaxed);
-    slot.word.store((full_round << 2) | DONE, Ordering::Release);
-    true
+    slot.serve(value >> 24, |frames| unsafe {
+        unwind::capture_from_ucontext(ctx, frames)
+    });
+    true // ours, captured or stale
 }
 
 /// Calls the handler installed before ours with a signal that is not ours.
@@ -439,7 +503,10 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
     let mut taken = 0;
     let mut slots = SLOT.iter().enumerate();
     for &tid in tids {
-        let Some(slot) = slots.by_ref().find_map(|(i, s)| claim_free(s).then_some(i)) else {
+        let Some(slot) = slots
+            .by_ref()
+            .find_map(|(i, s)| s.claim_free().then_some(i))
+        else {
             break;
         };
         taken += 1;
@@ -464,12 +531,11 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
             continue;
         }
         let s = &SLOT[slot];
-        s.len.store(0, Ordering::Relaxed);
-        s.word.store((round << 2) | REQUESTED, Ordering::Release);
+        s.request(round);
         match send(sig, tid, slot, round) {
             Ok(()) => waiting.push((slot, tid)),
             Err(e) => {
-                s.word.store(FREE, Ordering::Release);
+                s.cancel();
                 if e != libc::ESRCH {
                     out.push(Captured {
                         tid,
@@ -484,7 +550,7 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
         }
     }
     let start = Instant::now();
-    let done = |slot: usize| SLOT[slot].word.load(Ordering::Acquire) == (round << 2) | DONE;
+    let done = |slot: usize| SLOT[slot].is_done(round);
     let mut spins = 0u32;
     while !waiting.iter().all(|&(s, _)| done(s)) && start.elapsed() < timeout {
         spins += 1;
@@ -496,12 +562,7 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
     }
     for (slot, tid) in waiting {
         let s = &SLOT[slot];
-        let requested = (round << 2) | REQUESTED;
-        if s.word.load(Ordering::Acquire) != (round << 2) | DONE
-            && s.word
-                .compare_exchange(requested, FREE, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        if s.take_back(round) {
             if task_exists(tid) {
                 out.push(Captured {
                     tid,
@@ -513,12 +574,10 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
         }
         // DONE, or CAPTURING: a handler is running and finishes without blocking.
         let grace = Instant::now();
-        while s.word.load(Ordering::Acquire) != (round << 2) | DONE
-            && grace.elapsed() < Duration::from_millis(100)
-        {
+        while !s.is_done(round) && grace.elapsed() < Duration::from_millis(100) {
             std::thread::yield_now();
         }
-        if s.word.load(Ordering::Acquire) != (round << 2) | DONE {
+        if !s.is_done(round) {
             // Left CAPTURING; a later round reclaims the slot once DONE.
             out.push(Captured {
                 tid,
@@ -527,16 +586,12 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
             });
             continue;
         }
-        let n = s.len.load(Ordering::Relaxed).min(MAX_DEPTH);
-        // SAFETY: DONE was observed with acquire: the handler has finished writing and no one
-        // writes the buffer until this writer stores FREE below.
-        let mut frames = unsafe { (&*s.frames.get())[..n].to_vec() };
+        let mut frames = s.take_frames();
         if let Some(leaf) = frames.first_mut() {
             // The interrupted PC, as a "return address" like the others (text and proto
             // writers look every entry up at address - 1).
             *leaf = leaf.wrapping_add(1);
         }
-        s.word.store(FREE, Ordering::Release);
         out.push(Captured {
             tid,
             frames,
@@ -544,20 +599,6 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
         });
     }
     taken
-}
-
-/// Makes `s` usable for a new request if it is free or holds a finished old answer.
-fn claim_free(s: &Slot) -> bool {
-    let w = s.word.load(Ordering::Acquire);
-    match w & STATE_MASK {
-        FREE => true,
-        // A handler that finished after its round gave up on it.
-        DONE => s
-            .word
-            .compare_exchange(w, FREE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -577,16 +618,86 @@ mod tests {
 
     #[test]
     fn stale_done_slots_are_reclaimed_and_busy_ones_kept() {
-        let s = Slot {
+        let s: Slot = Slot {
             word: AtomicU64::new((7 << 2) | DONE),
             len: AtomicUsize::new(0),
             frames: UnsafeCell::new([0; MAX_DEPTH]),
         };
-        assert!(claim_free(&s));
+        assert!(s.claim_free());
         assert_eq!(s.word.load(Ordering::Relaxed), FREE);
         s.word.store((8 << 2) | CAPTURING, Ordering::Relaxed);
-        assert!(!claim_free(&s));
+        assert!(!s.claim_free());
         s.word.store((8 << 2) | REQUESTED, Ordering::Relaxed);
-        assert!(!claim_free(&s));
+        assert!(!s.claim_free());
+    }
+}
+
+/// A model of the slot state machine under loom (`atomics`): the writer of round 2 against
+/// its handler and a late signal of round 1, with the writer's timeout at any point.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::atomics::{self, Loom};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// The handler of `round`'s capture: two frames that tell which round wrote them.
+    fn serve(slot: &Slot<Loom>, round: u64) -> bool {
+        slot.serve(round, |f| {
+            f[0] = round as usize;
+            f[1] = round as usize * 10;
+            2
+        })
+    }
+
+    /// Exactly one of the writer's take-back and the round's handler wins the slot; a late
+    /// signal of the earlier round never captures; the writer reads the frames of its own
+    /// round only, after the handler finished (loom checks the buffer's accesses); the slot
+    /// ends FREE.
+    #[test]
+    fn one_owner_at_a_time_and_stale_signals_dropped() {
+        let n = atomics::model("threads capture", atomics::builder(Some(6)), || {
+            // Left DONE by a handler of round 1 that finished after its writer gave up.
+            let slot: Arc<Slot<Loom>> = Arc::new(Slot {
+                word: Atomic::new((1 << 2) | DONE),
+                len: Atomic::new(2),
+                frames: loom::cell::UnsafeCell::new([1; MAX_DEPTH]),
+            });
+            let s = slot.clone();
+            let late = thread::spawn(move || serve(&s, 1));
+            let s = slot.clone();
+            let writer = thread::spawn(move || {
+                assert!(s.claim_free());
+                s.request(2);
+                let h = s.clone();
+                let handler = thread::spawn(move || serve(&h, 2));
+                // The deadline may pass at any point: loom runs the handler before,
+                // during or after this check.
+                let outcome = if s.is_done(2) || !s.take_back(2) {
+                    // Claimed by the handler: it finishes without blocking.
+                    while !s.is_done(2) {
+                        loom::thread::yield_now();
+                    }
+                    Some(s.take_frames())
+                } else {
+                    None
+                };
+                (outcome, handler.join().unwrap())
+            });
+            assert!(
+                !late.join().unwrap(),
+                "a signal of round 1 captured in round 2"
+            );
+            let (outcome, captured) = writer.join().unwrap();
+            match outcome {
+                Some(frames) => {
+                    assert!(captured);
+                    assert_eq!(frames, [2, 20]);
+                }
+                None => assert!(!captured, "taken back and captured"),
+            }
+            assert_eq!(slot.word.load(Ordering::Relaxed), FREE);
+        });
+        assert!(n > 1);
     }
 }

@@ -13,7 +13,9 @@
 
 use core::cell::Cell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
+
+use crate::atomics::{Atomic, Family, Ordering, Std};
 
 use crossbeam_utils::CachePadded;
 
@@ -67,16 +69,60 @@ pub(super) const POOL_SLOTS: usize = 16;
 /// One pool entry, on cache lines of its own: threads lease different slots, and slots that
 /// shared a line made every lease and return of one thread miss in the other's cache
 /// (measured: `try_lease` went from 0.5% to 9% of a two-thread sampling benchmark).
-struct Slot {
+/// Holds a `T` (the pool's: [`CacheSet`]) with atomics of `F` (see `atomics`).
+struct Slot<T = CacheSet, F: Family = Std> {
     /// True while leased. Acquire on lease / Release on return orders accesses to `cache`.
-    busy: AtomicBool,
+    busy: F::Bool,
     /// Null until the first leaseholder that may allocate fills it; then fixed forever.
     /// Written and dereferenced only by the current leaseholder.
-    cache: AtomicPtr<CacheSet>,
+    cache: F::Ptr<T>,
     /// `capture` walks through this slot that reused a cached tail, and steps they unwound
     /// (see `UnwindStats`); written only by the leaseholder, summed by `counters`.
-    suffix_hits: AtomicU64,
-    steps: AtomicU64,
+    suffix_hits: F::U64,
+    steps: F::U64,
+}
+
+impl<T, F: Family> Slot<T, F> {
+    /// Ends a lease of this slot.
+    #[inline(always)]
+    fn release(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// The leasing protocol: claims the first slot of `pool`, from `start` on round the pool,
+/// that is free and holds a value, first filling an empty free slot with `make`'s value
+/// if `may_fill` (else empty slots are passed over). The slot stays leased until
+/// [`Slot::release`]. Never waits.
+#[inline(always)]
+fn claim<T, F: Family, const N: usize>(
+    pool: &[CachePadded<Slot<T, F>>; N],
+    start: usize,
+    may_fill: bool,
+    mut make: impl FnMut() -> *mut T,
+) -> Option<(usize, &Slot<T, F>, *mut T)> {
+    for i in 0..N {
+        let idx = (start + i) % N;
+        let slot = &pool[idx];
+        if slot
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let mut value = slot.cache.load(Ordering::Relaxed);
+        if value.is_null() {
+            if !may_fill {
+                slot.release();
+                continue;
+            }
+            value = make();
+            slot.cache.store(value, Ordering::Relaxed);
+        }
+        return Some((idx, slot, value));
+    }
+    None
 }
 
 static POOL: [CachePadded<Slot>; POOL_SLOTS] = [const {
@@ -136,7 +182,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.slot.busy.store(false, Ordering::Release);
+        self.slot.release();
     }
 }
 
@@ -149,31 +195,12 @@ pub(super) fn try_lease(may_alloc: bool) -> Option<Lease> {
         start = NEXT_HINT.fetch_add(1, Ordering::Relaxed) % POOL_SLOTS as u32 + 1;
         HINT.set(start);
     }
-    let start = (start - 1) as usize;
-    for i in 0..POOL_SLOTS {
-        let idx = (start + i) % POOL_SLOTS;
-        let slot = &POOL[idx];
-        if slot
-            .busy
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            continue;
-        }
-        let mut cache = slot.cache.load(Ordering::Relaxed);
-        if cache.is_null() {
-            if !may_alloc {
-                slot.busy.store(false, Ordering::Release);
-                continue;
-            }
-            crate::fork::ensure_registered();
-            cache = Box::into_raw(CacheSet::new());
-            slot.cache.store(cache, Ordering::Relaxed);
-        }
-        HINT.set(idx as u32 + 1);
-        return Some(Lease { slot, cache });
-    }
-    None
+    let (idx, slot, cache) = claim(&POOL, (start - 1) as usize, may_alloc, || {
+        crate::fork::ensure_registered();
+        Box::into_raw(CacheSet::new())
+    })?;
+    HINT.set(idx as u32 + 1);
+    Some(Lease { slot, cache })
 }
 
 /// In a forked child, before any other thread exists: every busy slot was leased by a
@@ -254,5 +281,93 @@ mod tests {
         done_tx.send(()).unwrap();
         holder.join().unwrap();
         assert_eq!(status, Some(0));
+    }
+}
+
+/// A model of the leasing protocol under loom (`atomics`): three threads lease from a pool
+/// of two slots and use what they leased, one of them without filling empty slots.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::atomics::{self, Loom};
+    use loom::cell::UnsafeCell;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// What a slot holds in the model: a use count, in a cell loom watches.
+    type Cache = UnsafeCell<usize>;
+    type Pool = [CachePadded<Slot<Cache, Loom>>; 2];
+
+    /// Leases from `pool` starting at `start`, filling an empty slot if `may_fill`, and
+    /// counts one use in the leased value; whether a lease was had.
+    fn lease_and_use(pool: &Pool, start: usize, may_fill: bool, made: &AtomicUsize) -> bool {
+        let make = || {
+            made.fetch_add(1, Ordering::Relaxed);
+            Box::into_raw(Box::new(UnsafeCell::new(0)))
+        };
+        let Some((_, slot, cache)) = claim(pool, start, may_fill, make) else {
+            return false;
+        };
+        // SAFETY: `cache` came from `Box::into_raw` in `make` and is freed only after
+        // every thread is joined; the lease makes this thread its only user (loom checks
+        // the cell's accesses).
+        unsafe { (*cache).with_mut(|n| *n += 1) };
+        slot.release();
+        true
+    }
+
+    /// No two leases of one slot overlap (loom would see the cell's accesses race), a
+    /// slot's value is made once and kept, and every use lands in some slot's value.
+    #[test]
+    fn leases_are_exclusive_and_values_kept() {
+        let n = atomics::model("cache_pool", atomics::builder(Some(3)), || {
+            let pool: Arc<Pool> = Arc::new(core::array::from_fn(|_| {
+                CachePadded::new(Slot {
+                    busy: Atomic::new(false),
+                    cache: Atomic::new(ptr::null_mut()),
+                    suffix_hits: Atomic::new(0),
+                    steps: Atomic::new(0),
+                })
+            }));
+            let made = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = [(0, true), (0, true), (1, false)]
+                .into_iter()
+                .map(|(start, may_fill)| {
+                    let (pool, made) = (pool.clone(), made.clone());
+                    thread::spawn(move || lease_and_use(&pool, start, may_fill, &made))
+                })
+                .collect();
+            let leased = threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|&ok| ok)
+                .count();
+            let mut filled = 0;
+            let mut uses = 0;
+            for slot in pool.iter() {
+                assert!(
+                    !slot.busy.load(Ordering::Relaxed),
+                    "a lease was not returned"
+                );
+                let cache = slot.cache.load(Ordering::Relaxed);
+                if !cache.is_null() {
+                    filled += 1;
+                    // SAFETY: made by `lease_and_use`, every thread is joined, freed once
+                    // here (each slot holds its own).
+                    let cache = unsafe { Box::from_raw(cache) };
+                    uses += cache.with(|n| unsafe { *n });
+                }
+            }
+            assert_eq!(
+                filled,
+                made.load(Ordering::Relaxed),
+                "a made value was lost"
+            );
+            assert_eq!(uses, leased, "a use was lost");
+            // A lease fails only when every slot was held or empty at its CAS: someone held.
+            assert!(leased >= 1);
+        });
+        assert!(n > 1);
     }
 }
