@@ -272,8 +272,7 @@ impl<F: Family> BucketTable<F> {
         };
         // Saturating: shards each near u64::MAX (heavily weighted samples over a long life)
         // must not panic here, inside the allocator's peak snapshot.
-        let add =
-            |sum: &mut u64, a: &AtomicU64| *sum = sum.saturating_add(a.load(Ordering::Relaxed));
+        let add = |sum: &mut u64, a: &F::U64| *sum = sum.saturating_add(a.load(Ordering::Relaxed));
         for c in &self.counters[idx] {
             add(&mut s.alloc_count, &c.alloc_count);
             add(&mut s.alloc_bytes, &c.alloc_bytes);
