@@ -17,7 +17,6 @@
 //!
 //! Counts are kept as `f64` per stack and written rounded, delays as `u64` ns.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,11 +47,6 @@ pub(crate) fn fork_release() {
     RECORDS_FORK.release();
 }
 
-thread_local! {
-    /// Per-thread xorshift state for the sampling draw; 0 = not seeded yet.
-    static RNG: Cell<u64> = const { Cell::new(0) };
-}
-
 /// Sets the rate (see the module docs). Takes effect for events that end after the call.
 pub fn set_rate(rate_ns: u64) {
     RATE.store(rate_ns, Ordering::Relaxed);
@@ -78,27 +72,12 @@ pub fn sample(delay_ns: u64, rate_ns: u64, rand: u64) -> Option<(f64, u64)> {
     }
 }
 
-fn next_rand() -> u64 {
-    RNG.with(|c| {
-        let mut x = c.get();
-        if x == 0 {
-            // Seeded per thread from the clock and the state's address; never 0.
-            x = (sys::monotonic_nanos() ^ (c as *const _ as u64).rotate_left(32)) | 1;
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        c.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
-}
-
 /// Records one blocking event of `delay_ns` at `rate_ns` (the rate read before the wait, so
 /// a thread that saw 0 never gets here), charged to the caller's stack. The heaprof frames on
 /// top are trimmed when the profile is written.
 #[inline(never)]
 pub fn record(delay_ns: u64, rate_ns: u64) {
-    let Some((count, delay)) = sample(delay_ns, rate_ns, next_rand()) else {
+    let Some((count, delay)) = sample(delay_ns, rate_ns, crate::sampler::event_rand()) else {
         return;
     };
     let _guard = tls::ProfilerGuard::enter();

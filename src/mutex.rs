@@ -21,7 +21,7 @@
 //! with `cycles/second=1000000000` and `sampling period=R`, whose values are the raw sampled
 //! events, which the text's readers multiply by the sampling period (as Go 1.19 writes them).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,8 +56,6 @@ type Records = BTreeMap<u32, Rec>;
 static RECORDS: Mutex<Records> = Mutex::new(BTreeMap::new());
 
 thread_local! {
-    /// Per-thread xorshift state for the sampling draw; 0 = not seeded yet.
-    static RNG: Cell<u64> = const { Cell::new(0) };
     /// The records' lock, held by the forking thread across `fork`.
     static FORK_HELD: RefCell<Option<MutexGuard<'static, Records>>> = const { RefCell::new(None) };
 }
@@ -83,21 +81,6 @@ fn records_lock() -> MutexGuard<'static, Records> {
     RECORDS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn next_rand() -> u64 {
-    RNG.with(|c| {
-        let mut x = c.get();
-        if x == 0 {
-            // Seeded per thread from the clock and the state's address; never 0.
-            x = (sys::monotonic_nanos() ^ (c as *const _ as u64).rotate_left(32)) | 1;
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        c.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
-}
-
 /// Go's `mutexevent` draw: whether a release is recorded at fraction `rate` given a uniform
 /// 64-bit `rand`.
 pub fn sampled(rate: usize, rand: u64) -> bool {
@@ -109,7 +92,7 @@ pub fn sampled(rate: usize, rand: u64) -> bool {
 #[inline(never)]
 pub fn record_release(wait_ns: u64) {
     let rate = fraction();
-    if wait_ns == 0 || !sampled(rate, next_rand()) {
+    if wait_ns == 0 || !sampled(rate, crate::sampler::event_rand()) {
         return;
     }
     let _guard = tls::ProfilerGuard::enter();

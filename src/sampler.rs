@@ -141,6 +141,28 @@ fn one_minus_exp_neg(x: f64) -> f64 {
     1.0 - e_neg_r * f64::from_bits((1023 - k) << 52)
 }
 
+thread_local! {
+    /// Per-thread xorshift state for [`event_rand`]; 0 = not seeded yet.
+    static EVENT_RNG: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// A uniform 64-bit draw for the event profiles' sampling decisions (`block`, `mutex`):
+/// a per-thread xorshift stream, seeded on first use from the clock and its state's address
+/// (never 0), with a multiplicative output scramble. Allocation-free, lock-free.
+pub fn event_rand() -> u64 {
+    EVENT_RNG.with(|c| {
+        let mut x = c.get();
+        if x == 0 {
+            x = (crate::sys::monotonic_nanos() ^ (c as *const _ as u64).rotate_left(32)) | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
