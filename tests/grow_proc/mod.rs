@@ -5,32 +5,18 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::OnceLock;
-use std::time::Instant;
 
-use crate::server_proc::{build_example, PATIENCE};
+use crate::server_proc::{build_example, lines_of, wait_line, PATIENCE};
 
 fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| build_example("grow"))
-}
-
-fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// One answer of the process: what it holds and its dump counters.
@@ -170,26 +156,9 @@ impl Grow {
     }
 
     /// Waits for a stderr line for which `pred` holds; returns it.
-    pub fn wait_stderr(&mut self, mut pred: impl FnMut(&str) -> bool) -> String {
-        if let Some(l) = self.stderr_now().iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(l) => {
-                    self.stderr_lines.push(l.clone());
-                    if pred(&l) {
-                        return l;
-                    }
-                }
-                Err(e) => panic!(
-                    "waiting for a stderr line: {e:?}; seen: {:#?}",
-                    self.stderr_lines
-                ),
-            }
-        }
+    pub fn wait_stderr(&mut self, pred: impl FnMut(&str) -> bool) -> String {
+        self.stderr_now();
+        wait_line(&self.stderr, &mut self.stderr_lines, pred)
     }
 
     /// Ends its input, waits for it to exit successfully, and returns its whole stderr.

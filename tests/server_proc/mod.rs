@@ -67,7 +67,8 @@ pub struct Server {
     pub stderr_lines: Vec<String>,
 }
 
-fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+/// The lines `r` yields, read on a thread of their own.
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
@@ -139,26 +140,8 @@ impl Server {
     }
 
     /// Waits for a stderr line for which `pred` holds; returns it.
-    pub fn wait_stderr(&mut self, mut pred: impl FnMut(&str) -> bool) -> String {
-        if let Some(l) = self.stderr_lines.iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(l) => {
-                    self.stderr_lines.push(l.clone());
-                    if pred(&l) {
-                        return l;
-                    }
-                }
-                Err(e) => panic!(
-                    "waiting for a stderr line: {e:?}; seen: {:#?}",
-                    self.stderr_lines
-                ),
-            }
-        }
+    pub fn wait_stderr(&mut self, pred: impl FnMut(&str) -> bool) -> String {
+        wait_line(&self.stderr, &mut self.stderr_lines, pred)
     }
 
     /// Closes stdin (the example exits), returns its `stats` line, waits for the exit and
@@ -227,5 +210,30 @@ impl Stats {
             }
         }
         s
+    }
+}
+
+/// The first line for which `pred` holds: among `seen`, else the next ones from `rx` (each
+/// added to `seen`); panics, showing what was seen, after [`PATIENCE`].
+pub fn wait_line(
+    rx: &Receiver<String>,
+    seen: &mut Vec<String>,
+    mut pred: impl FnMut(&str) -> bool,
+) -> String {
+    if let Some(l) = seen.iter().find(|l| pred(l)) {
+        return l.clone();
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                seen.push(l.clone());
+                if pred(&l) {
+                    return l;
+                }
+            }
+            Err(e) => panic!("waiting for a stderr line: {e:?}; seen: {seen:#?}"),
+        }
     }
 }
