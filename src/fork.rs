@@ -222,6 +222,23 @@ pub mod test_support {
         wait_child(pid, timeout)
     }
 
+    /// Runs `f` in a forked child once the tables exist (and with them the arena and the
+    /// large-block region), and asserts it passed within 60 s: tests of those reservations
+    /// change them freely without touching the parent's.
+    #[cfg(test)]
+    pub fn with_tables_in_child(f: impl FnOnce()) {
+        let code = in_child(Duration::from_secs(60), || {
+            let _ = crate::tables::get();
+            f();
+            0
+        });
+        assert_eq!(
+            code,
+            Some(0),
+            "the child failed (101: a panic; None: a hang)"
+        );
+    }
+
     /// Waits for `pid` up to `timeout`; kills it and returns `None` when it is still running.
     pub fn wait_child(pid: libc::pid_t, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
