@@ -27,10 +27,13 @@
 //! A new lock or flag gets its line here (a test checks that every `static` mutex, flag and
 //! once-cell of the crate is named in this file), and a fork test (`tests/fork_locks.rs`).
 
-use crate::fork::Hook;
-use crate::{arena, block, cpu, custom, dump, env, labels, large_region, mutex, peak};
-use crate::{symbolize, tables};
-use crate::{threadcreate, threads, unwind};
+use crate::base::fork::Hook;
+use crate::{
+    alloc::arena, alloc::labels, alloc::large_region, alloc::peak, base::env, ops::dump,
+    profiles::block, profiles::cpu, profiles::custom, profiles::mutex,
+};
+use crate::{alloc::tables, pprof::symbolize};
+use crate::{profiles::threadcreate, profiles::threads, unwind};
 
 /// The fork protocol: prepare runs top to bottom, parent and child bottom to top.
 pub(crate) static HOOKS: &[Hook] = &[
@@ -151,7 +154,7 @@ pub mod test_support {
     pub fn names() -> Vec<&'static str> {
         HOOKS
             .iter()
-            .filter(|h| h.kind != crate::fork::Kind::Nothing)
+            .filter(|h| h.kind != crate::base::fork::Kind::Nothing)
             .map(|h| h.name)
             .collect()
     }
@@ -170,33 +173,33 @@ pub mod test_support {
             // releases it.
             _ if h.is_lock() => (h.prepare, h.parent),
             "tables::TABLES" => {
-                if !crate::tables::hold_creation_for_test(true) {
+                if !crate::alloc::tables::hold_creation_for_test(true) {
                     return Err("the tables exist already: start with HEAPROF_RATE=0".into());
                 }
                 (
                     || {},
                     || {
-                        crate::tables::hold_creation_for_test(false);
+                        crate::alloc::tables::hold_creation_for_test(false);
                     },
                 )
             }
             "peak::SNAPSHOTTING" => (
-                || crate::peak::hold_for_test(true),
-                || crate::peak::hold_for_test(false),
+                || crate::alloc::peak::hold_for_test(true),
+                || crate::alloc::peak::hold_for_test(false),
             ),
             "threads::capture::SLOT" => (
-                || crate::threads::capture::hold_slots_for_test(true),
-                || crate::threads::capture::hold_slots_for_test(false),
+                || crate::profiles::threads::capture::hold_slots_for_test(true),
+                || crate::profiles::threads::capture::hold_slots_for_test(false),
             ),
             "cpu::{ACTIVE, RUNNING, ITIMER_MODE, IN_HANDLER}" => (
-                || crate::cpu::hold_handler_for_test(true),
-                || crate::cpu::hold_handler_for_test(false),
+                || crate::profiles::cpu::hold_handler_for_test(true),
+                || crate::profiles::cpu::hold_handler_for_test(false),
             ),
             "cpu::stacks::SEQ" => (
-                || crate::cpu::hold_stacks_for_test(true),
-                || crate::cpu::hold_stacks_for_test(false),
+                || crate::profiles::cpu::hold_stacks_for_test(true),
+                || crate::profiles::cpu::hold_stacks_for_test(false),
             ),
-            "cpu::RING" => return crate::cpu::hold_ring_slot_for_test(dur),
+            "cpu::RING" => return crate::profiles::cpu::hold_ring_slot_for_test(dur),
             _ => return Err(format!("{name:?} cannot be held by a test")),
         };
         let (tx, rx) = mpsc::channel();

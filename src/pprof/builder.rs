@@ -28,7 +28,7 @@ use prost::Message;
 
 use super::maps::MapEntry;
 use super::proto;
-use crate::symbolize::{SymFrame, Symbolizer};
+use crate::pprof::symbolize::{SymFrame, Symbolizer};
 
 /// A sample label: a string, or a number with an optional unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -521,7 +521,7 @@ mod tests {
     #[inline(never)]
     fn builder_test_leaf() -> Vec<usize> {
         let mut v = Vec::new();
-        let _sym = crate::symbolize::sym_lock(); // no fork while backtrace's lock is held
+        let _sym = crate::pprof::symbolize::sym_lock(); // no fork while backtrace's lock is held
         backtrace::trace(|f| {
             v.push(f.ip() as usize);
             true

@@ -1,12 +1,19 @@
-//! The writer side's shared pprof machinery: protobuf messages, the profile builder,
-//! `/proc/self/maps`, ELF build IDs and the legacy `debug=1` text formats.
+//! The encoding layer: the pprof machinery every profile kind writes through, and the
+//! reader. Protobuf messages ([`proto`]), the profile builder ([`builder`]), symbolization
+//! ([`symbolize`]), `/proc/self/maps` and ELF build IDs ([`maps`], [`elf`]), the legacy
+//! `debug=1` text formats ([`text`]), the count-profile writer ([`count_writer`]), reading
+//! profiles back ([`read`]) and delta profiles ([`delta`]). Knows no profile kind.
 //!
 //! Called by the heap, CPU and count profile writers; never by the allocator or a signal
 //! handler (everything here allocates, reads files and may take `backtrace`'s lock).
 //! Calls go one way: profile writers → [`builder`] → [`proto`] (prost encoding).
 
 pub mod builder;
+pub(crate) mod count_writer;
+pub(crate) mod delta;
 pub mod elf;
 pub mod maps;
 pub mod proto;
+pub(crate) mod read;
+pub mod symbolize;
 pub mod text;

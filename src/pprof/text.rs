@@ -15,7 +15,7 @@ use std::io::{self, Write};
 
 use super::builder::{leading_trim, split_trim};
 use super::maps::MapEntry;
-use crate::symbolize::{SymFrame, Symbolizer};
+use crate::pprof::symbolize::{SymFrame, Symbolizer};
 
 /// One count-profile entry group: `count` entries with this stack (return addresses, leaf
 /// first).
@@ -317,7 +317,7 @@ mod tests {
     #[inline(never)]
     fn text_test_leaf() -> Vec<usize> {
         let mut v = Vec::new();
-        let _sym = crate::symbolize::sym_lock(); // no fork while backtrace's lock is held
+        let _sym = crate::pprof::symbolize::sym_lock(); // no fork while backtrace's lock is held
         backtrace::trace(|f| {
             v.push(f.ip() as usize);
             true

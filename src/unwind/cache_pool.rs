@@ -15,7 +15,7 @@ use core::cell::Cell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64};
 
-use crate::atomics::{Atomic, Family, Ordering, Std};
+use crate::base::atomics::{Atomic, Family, Ordering, Std};
 
 use crossbeam_utils::CachePadded;
 
@@ -196,7 +196,7 @@ pub(super) fn try_lease(may_alloc: bool) -> Option<Lease> {
         HINT.set(start);
     }
     let (idx, slot, cache) = claim(&POOL, (start - 1) as usize, may_alloc, || {
-        crate::fork::ensure_registered();
+        crate::base::fork::ensure_registered();
         Box::into_raw(CacheSet::new())
     })?;
     HINT.set(idx as u32 + 1);
@@ -262,7 +262,7 @@ mod tests {
         });
         assert!(held_rx.recv().unwrap() > 0);
         let status =
-            crate::fork::test_support::in_child(std::time::Duration::from_secs(20), || {
+            crate::base::fork::test_support::in_child(std::time::Duration::from_secs(20), || {
                 after_fork_child(); // what the atfork child handler does
                 let mut all = Vec::new();
                 while let Some(l) = try_lease(true) {
@@ -289,7 +289,7 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_model {
     use super::*;
-    use crate::atomics::{self, Loom};
+    use crate::base::atomics::{self, Loom};
     use loom::cell::UnsafeCell;
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;

@@ -539,7 +539,7 @@ mod tests {
         let mut frames = [0usize; 256];
         let n = capture(&mut frames);
         let mut bt = Vec::new();
-        let _sym = crate::symbolize::sym_lock(); // no fork while backtrace's lock is held
+        let _sym = crate::pprof::symbolize::sym_lock(); // no fork while backtrace's lock is held
         backtrace::trace(|f| {
             bt.push(f.ip() as usize);
             true

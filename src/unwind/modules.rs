@@ -186,7 +186,7 @@ pub(super) fn rebuild_if_changed() -> Option<&'static State> {
         }
     };
     if stale {
-        crate::fork::ensure_registered();
+        crate::base::fork::ensure_registered();
         let new = Box::new(build());
         STATE.store(Box::into_raw(new), Ordering::Release);
         PUBLISHED.fetch_add(1, Ordering::Relaxed);
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn child_forked_while_the_list_is_built_can_rebuild_it() {
-        use crate::fork::test_support::in_child;
+        use crate::base::fork::test_support::in_child;
         let t = std::time::Duration::from_secs(30);
         // In a child of its own, so this test's raised flag is no other test's business.
         let code = in_child(t, || {

@@ -1,0 +1,494 @@
+//! Reading profiles back: [`read_profile`] turns any pprof file (ours or Go's) into plain
+//! stacks of function names and values, and [`top_table`] prints a small table from it, so a
+//! user sees a result without installing Go. The `heaprof` command-line viewer
+//! (`heaprof-cli/`) is built on [`read_profile`].
+//!
+//! Readers' side only: called by applications and tools on bytes they hold; never runs in
+//! the allocator, and never trusts its input (every bad file is an [`Error::InvalidProfile`]
+//! saying what was wrong).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Read;
+
+use prost::Message;
+
+use crate::base::error::Error;
+use crate::pprof::proto;
+
+/// Decodes a pprof profile: gzip-compressed or raw protobuf. Each way a file can fail to be a
+/// profile has its own message: empty, truncated or corrupt gzip, gzip whose content is not
+/// a profile, legacy text, neither gzip nor protobuf.
+pub(crate) fn decode(bytes: &[u8]) -> Result<proto::Profile, Error> {
+    let mut raw = Vec::new();
+    let gzipped = bytes.starts_with(&[0x1f, 0x8b]);
+    let body: &[u8] = if gzipped {
+        // Multi-member, like Go's gzip.Reader (pprof reads files with it).
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(&mut raw)
+            .map_err(|e| {
+                Error::InvalidProfile(format!("gzip stream is truncated or corrupt: {e}"))
+            })?;
+        &raw
+    } else {
+        bytes
+    };
+    if body.is_empty() {
+        return Err(Error::InvalidProfile(if gzipped {
+            "gzip-compressed, but empty inside: not a pprof profile".into()
+        } else {
+            "empty input: not a pprof profile".into()
+        }));
+    }
+    let what = if gzipped {
+        "gzip-compressed, but the content is not a pprof protobuf"
+    } else if body.starts_with(b"heap profile:")
+        || body.windows(10).take(64).any(|w| w == b" profile: ")
+    {
+        "legacy text profile (debug=1), not a pprof protobuf: write it with debug=0"
+    } else {
+        "neither gzip-compressed nor a pprof protobuf"
+    };
+    let p =
+        proto::Profile::decode(body).map_err(|e| Error::InvalidProfile(format!("{what} ({e})")))?;
+    if p.string_table.first().map(String::as_str) != Some("") || p.sample_type.is_empty() {
+        return Err(Error::InvalidProfile(format!(
+            "{what}: no string table or sample types"
+        )));
+    }
+    Ok(p)
+}
+
+/// A sample type (or the period type) of a profile: what a value counts, in which unit,
+/// e.g. `inuse_space` in `bytes`, `cpu` in `nanoseconds`, `threadcreate` in `count`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SampleType {
+    /// The type, e.g. `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`.
+    pub name: String,
+    /// The unit, e.g. `count`, `bytes`, `nanoseconds`.
+    pub unit: String,
+}
+
+/// One sample of a profile: a call stack and one value per [`ProfileData::sample_types`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSample {
+    /// Function names, **leaf first** (the function that allocated, then its caller, … up to
+    /// the root), inlined frames expanded like pprof does. A location without function
+    /// information (an unsymbolized profile) is shown as its address, `0x…`.
+    pub stack: Vec<String>,
+    /// One value per sample type, in the order of [`ProfileData::sample_types`].
+    pub values: Vec<i64>,
+}
+
+/// A pprof profile reduced to what a viewer needs: the sample types and every sample as a
+/// stack of function names with its values. Made by [`read_profile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProfileData {
+    /// What each value of a sample counts (never empty).
+    pub sample_types: Vec<SampleType>,
+    /// The profile's `default_sample_type` if it sets one (Go's `allocs` sets
+    /// `alloc_space`; `heap` leaves it unset). See [`ProfileData::default_sample_index`].
+    pub default_sample_type: Option<String>,
+    /// What one sampling event is, e.g. `space`/`bytes` for heap profiles, if set.
+    pub period_type: Option<SampleType>,
+    /// Events per sample (heap: the sampling rate in bytes; CPU: nanoseconds per sample).
+    pub period: i64,
+    /// When the profile was taken, nanoseconds since the Unix epoch (0 if unknown).
+    pub time_nanos: i64,
+    /// How long it covers, in nanoseconds (0 if not set, as in heap profiles).
+    pub duration_nanos: i64,
+    /// The samples, in file order.
+    pub samples: Vec<StackSample>,
+    /// The profile's free-form comments, in file order. heaprof's heap profiles carry
+    /// `key: value` lines: table statistics (`heaprof.stacks: …`) and the RSS breakdown
+    /// (`heaprof.rss: <bytes>`, `heaprof.rss.heap_sampled: <bytes>`, …,
+    /// `heaprof.rss.summary: RSS …`).
+    pub comments: Vec<String>,
+}
+
+impl ProfileData {
+    /// The index pprof shows by default: the sample type named by `default_sample_type`,
+    /// else the **last** sample type (for a heap profile, `inuse_space`).
+    ///
+    /// ```
+    /// let mut pb = Vec::new();
+    /// heaprof::write_heap_profile(&mut pb).unwrap();
+    /// let p = heaprof::read_profile(&pb).unwrap();
+    /// assert_eq!(p.sample_types[p.default_sample_index()].name, "inuse_space");
+    /// ```
+    pub fn default_sample_index(&self) -> usize {
+        self.default_sample_type
+            .as_deref()
+            .and_then(|d| self.sample_types.iter().position(|t| t.name == d))
+            .unwrap_or(self.sample_types.len() - 1)
+    }
+
+    /// The index of a sample type given by name (`inuse_space`) or by number (`3`), like
+    /// pprof's `-sample_index`. An unknown one is an [`Error::InvalidConfig`] listing the
+    /// types the profile has.
+    ///
+    /// ```
+    /// let mut pb = Vec::new();
+    /// heaprof::write_heap_profile(&mut pb).unwrap();
+    /// let p = heaprof::read_profile(&pb).unwrap();
+    /// assert_eq!(p.sample_index("alloc_space").unwrap(), 1);
+    /// assert_eq!(p.sample_index("0").unwrap(), 0);
+    /// assert!(p.sample_index("cpu").is_err());
+    /// ```
+    pub fn sample_index(&self, name_or_number: &str) -> Result<usize, Error> {
+        if let Some(i) = self
+            .sample_types
+            .iter()
+            .position(|t| t.name == name_or_number)
+        {
+            return Ok(i);
+        }
+        match name_or_number.parse::<usize>() {
+            Ok(i) if i < self.sample_types.len() => Ok(i),
+            _ => Err(Error::InvalidConfig(format!(
+                "sample index {name_or_number:?} not in this profile; it has: {}",
+                self.sample_types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("{i} {}", t.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
+/// Reads a pprof profile — gzip-compressed or raw protobuf, written by heaprof, Go or any
+/// other pprof producer — into [`ProfileData`]: sample types and stacks of function names.
+///
+/// Fails with [`Error::InvalidProfile`] saying what is wrong: empty input, truncated or
+/// corrupt gzip, gzip whose content is not a profile, legacy text, neither gzip nor
+/// protobuf, or a profile that breaks pprof's rules (a sample with the wrong number of
+/// values, an id that refers to nothing).
+///
+/// ```
+/// let mut pb = Vec::new();
+/// heaprof::write_heap_profile(&mut pb).unwrap();
+/// let p = heaprof::read_profile(&pb).unwrap();
+/// let names: Vec<&str> = p.sample_types.iter().map(|t| t.name.as_str()).collect();
+/// assert_eq!(names, ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]);
+/// assert!(p.samples.iter().all(|s| s.values.len() == 4));
+/// assert!(heaprof::read_profile(b"not a profile").is_err());
+/// ```
+pub fn read_profile(bytes: &[u8]) -> Result<ProfileData, Error> {
+    let p = decode(bytes)?;
+    let bad = |m: String| Error::InvalidProfile(m);
+    let s = |i: i64| -> Result<String, Error> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| p.string_table.get(i))
+            .cloned()
+            .ok_or_else(|| bad(format!("string index {i} is outside the string table")))
+    };
+    let value_type = |t: &proto::ValueType| -> Result<SampleType, Error> {
+        Ok(SampleType {
+            name: s(t.r#type)?,
+            unit: s(t.unit)?,
+        })
+    };
+    let sample_types = p
+        .sample_type
+        .iter()
+        .map(value_type)
+        .collect::<Result<Vec<_>, _>>()?;
+    let funcs: HashMap<u64, String> = p
+        .function
+        .iter()
+        .map(|f| Ok((f.id, s(f.name)?)))
+        .collect::<Result<_, Error>>()?;
+    let mut locs: HashMap<u64, Vec<String>> = HashMap::with_capacity(p.location.len());
+    for l in &p.location {
+        let names = if l.line.is_empty() {
+            vec![format!("{:#x}", l.address)]
+        } else {
+            l.line
+                .iter()
+                .map(|line| {
+                    funcs.get(&line.function_id).cloned().ok_or_else(|| {
+                        bad(format!(
+                            "location {} refers to function id {}, which is not in the profile",
+                            l.id, line.function_id
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        locs.insert(l.id, names);
+    }
+    let mut samples = Vec::with_capacity(p.sample.len());
+    for (n, sample) in p.sample.iter().enumerate() {
+        if sample.value.len() != sample_types.len() {
+            return Err(bad(format!(
+                "sample {n} has {} values for {} sample types",
+                sample.value.len(),
+                sample_types.len()
+            )));
+        }
+        let mut stack = Vec::with_capacity(sample.location_id.len());
+        for id in &sample.location_id {
+            let names = locs.get(id).ok_or_else(|| {
+                bad(format!(
+                    "sample {n} refers to location id {id}, which is not in the profile"
+                ))
+            })?;
+            stack.extend(names.iter().cloned());
+        }
+        samples.push(StackSample {
+            stack,
+            values: sample.value.clone(),
+        });
+    }
+    let default_sample_type = match p.default_sample_type {
+        0 => None,
+        i => Some(s(i)?),
+    };
+    let period_type = match &p.period_type {
+        Some(t) if t.r#type != 0 || t.unit != 0 => Some(value_type(t)?),
+        _ => None,
+    };
+    let comments = p.comment.iter().map(|&i| s(i)).collect::<Result<_, _>>()?;
+    Ok(ProfileData {
+        sample_types,
+        default_sample_type,
+        period_type,
+        period: p.period,
+        time_nanos: p.time_nanos,
+        duration_nanos: p.duration_nanos,
+        samples,
+        comments,
+    })
+}
+
+fn human_bytes(v: i64) -> String {
+    let a = v.unsigned_abs() as f64;
+    let (d, u) = match a {
+        a if a >= (1u64 << 30) as f64 => (a / (1u64 << 30) as f64, "GiB"),
+        a if a >= (1u64 << 20) as f64 => (a / (1u64 << 20) as f64, "MiB"),
+        a if a >= 1024.0 => (a / 1024.0, "KiB"),
+        _ => return format!("{v} B"),
+    };
+    format!("{}{d:.1} {u}", if v < 0 { "-" } else { "" })
+}
+
+/// A `top` table of a heap profile: per top (leaf) function, in-use and allocated bytes,
+/// the `n` largest by in-use bytes. For other profiles, the last sample type is shown.
+///
+/// ```
+/// let mut pb = Vec::new();
+/// heaprof::write_heap_profile(&mut pb).unwrap();
+/// let table = heaprof::top_table(&pb, 5).unwrap();
+/// assert!(table.starts_with("function"));
+/// assert!(heaprof::top_table(b"not a profile", 5).is_err());
+/// ```
+pub fn top_table(bytes: &[u8], n: usize) -> Result<String, Error> {
+    let p = decode(bytes)?;
+    let s = |i: i64| {
+        p.string_table
+            .get(i as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    };
+    let index_of = |name: &str| p.sample_type.iter().position(|t| s(t.r#type) == name);
+    let (first, second) = match (index_of("inuse_space"), index_of("alloc_space")) {
+        (Some(i), Some(a)) => ((i, "in-use"), Some((a, "allocated"))),
+        _ => (
+            (
+                p.sample_type.len() - 1,
+                s(p.sample_type[p.sample_type.len() - 1].r#type),
+            ),
+            None,
+        ),
+    };
+    let locs: HashMap<u64, &proto::Location> = p.location.iter().map(|l| (l.id, l)).collect();
+    let funcs: HashMap<u64, &proto::Function> = p.function.iter().map(|f| (f.id, f)).collect();
+    let mut by_fn: HashMap<String, (i64, i64)> = HashMap::new();
+    for sample in &p.sample {
+        let name = sample
+            .location_id
+            .first()
+            .and_then(|id| locs.get(id))
+            .and_then(|l| l.line.first())
+            .and_then(|line| funcs.get(&line.function_id))
+            .map(|f| s(f.name).to_string())
+            .or_else(|| {
+                let l = locs.get(sample.location_id.first()?)?;
+                Some(format!("{:#x}", l.address))
+            })
+            .unwrap_or_else(|| "<no stack>".into());
+        let e = by_fn.entry(name).or_default();
+        e.0 += sample.value.get(first.0).copied().unwrap_or(0);
+        if let Some((i, _)) = second {
+            e.1 += sample.value.get(i).copied().unwrap_or(0);
+        }
+    }
+    let mut rows: Vec<(String, (i64, i64))> = by_fn.into_iter().collect();
+    rows.sort_by(|a, b| {
+        b.1 .0
+            .cmp(&a.1 .0)
+            .then(b.1 .1.cmp(&a.1 .1))
+            .then(a.0.cmp(&b.0))
+    });
+    let bytes_unit = s(p.sample_type[first.0].unit) == "bytes";
+    let fmt = |v: i64| {
+        if bytes_unit {
+            human_bytes(v)
+        } else {
+            v.to_string()
+        }
+    };
+    let mut out = String::new();
+    let _ = write!(out, "{:<60} {:>12}", "function", first.1);
+    if let Some((_, label)) = second {
+        let _ = write!(out, " {label:>12}");
+    }
+    out.push('\n');
+    for (name, (a, b)) in rows.into_iter().take(n) {
+        let shown: String = if name.chars().count() > 60 {
+            let tail: String = name
+                .chars()
+                .rev()
+                .take(59)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("…{tail}")
+        } else {
+            name
+        };
+        let _ = write!(out, "{shown:<60} {:>12}", fmt(a));
+        if second.is_some() {
+            let _ = write!(out, " {:>12}", fmt(b));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_what_is_not_a_profile() {
+        let e = decode(b"").unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let e = decode(&[0x1f, 0x8b, 8, 0]).unwrap_err().to_string();
+        assert!(e.contains("gzip"), "{e}");
+        let e = decode(b"hello world, this is text")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neither gzip-compressed nor a pprof"), "{e}");
+        let e = decode(b"heap profile: 1: 2 [3: 4] @ heap/1048576\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("legacy text"), "{e}");
+        let gz = |body: &[u8]| {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut w, body).unwrap();
+            w.finish().unwrap()
+        };
+        let e = decode(&gz(b"hello world, this is text"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gzip-compressed, but the content is not"), "{e}");
+        let e = decode(&gz(b"")).unwrap_err().to_string();
+        assert!(e.contains("empty inside"), "{e}");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+
+    /// A profile built by our own builder, with an inlined frame, read back as names.
+    fn built(values: &[i64]) -> Vec<u8> {
+        use crate::pprof::proto::*;
+        let p = Profile {
+            sample_type: vec![
+                ValueType { r#type: 1, unit: 2 },
+                ValueType { r#type: 3, unit: 2 },
+            ],
+            sample: vec![Sample {
+                location_id: vec![1, 2],
+                value: values.to_vec(),
+                label: vec![],
+            }],
+            location: vec![
+                Location {
+                    id: 1,
+                    line: vec![
+                        Line {
+                            function_id: 10,
+                            line: 1,
+                            column: 0,
+                        },
+                        Line {
+                            function_id: 11,
+                            line: 2,
+                            column: 0,
+                        },
+                    ],
+                    ..Default::default()
+                },
+                Location {
+                    id: 2,
+                    address: 0x1234,
+                    ..Default::default()
+                },
+            ],
+            function: vec![
+                Function {
+                    id: 10,
+                    name: 4,
+                    ..Default::default()
+                },
+                Function {
+                    id: 11,
+                    name: 5,
+                    ..Default::default()
+                },
+            ],
+            string_table: ["", "a_space", "bytes", "b_space", "inner", "outer"]
+                .map(String::from)
+                .to_vec(),
+            default_sample_type: 1,
+            ..Default::default()
+        };
+        p.encode_to_vec()
+    }
+
+    #[test]
+    fn reads_stacks_leaf_first_with_inlines_and_addresses() {
+        let p = read_profile(&built(&[5, 7])).unwrap();
+        assert_eq!(p.samples.len(), 1);
+        assert_eq!(p.samples[0].stack, ["inner", "outer", "0x1234"]);
+        assert_eq!(p.samples[0].values, [5, 7]);
+        assert_eq!(p.default_sample_type.as_deref(), Some("a_space"));
+        assert_eq!(p.default_sample_index(), 0);
+        assert_eq!(p.sample_types[1].unit, "bytes");
+        assert_eq!(p.sample_index("b_space").unwrap(), 1);
+        let e = p.sample_index("c_space").unwrap_err().to_string();
+        assert!(e.contains("0 a_space, 1 b_space"), "{e}");
+        let e = read_profile(&built(&[5])).unwrap_err().to_string();
+        assert!(
+            e.contains("sample 0 has 1 values for 2 sample types"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reports_dangling_ids() {
+        let mut p = crate::pprof::proto::Profile::decode(built(&[1, 2]).as_slice()).unwrap();
+        p.sample[0].location_id.push(99);
+        let e = read_profile(&p.encode_to_vec()).unwrap_err().to_string();
+        assert!(e.contains("location id 99"), "{e}");
+        p.sample[0].location_id.pop();
+        p.function.pop();
+        let e = read_profile(&p.encode_to_vec()).unwrap_err().to_string();
+        assert!(e.contains("function id 11"), "{e}");
+    }
+}
