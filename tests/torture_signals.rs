@@ -1,5 +1,6 @@
 //! Signals: SIGUSR1 dumps every 50 ms while two threads allocate heavily, for ~10 s; every
-//! dump parses and every signal is served. (Chaining to a foreign handler: `dump_chain.rs`.)
+//! dump parses and every signal is served. CPU profiling while a handler of the program runs
+//! on a small alternate signal stack. (Chaining to a foreign handler: `dump_chain.rs`.)
 
 mod common;
 mod torture_util;
@@ -110,11 +111,100 @@ fn sigusr1_dumps_and_cpu_profiling_during_heavy_allocation() {
     );
 }
 
+/// A busy signal handler of the program's own, on a small alternate signal stack
+/// (`SA_ONSTACK`, as std's SIGSEGV handler and Go-compatible handlers run), while the CPU
+/// profiler's SIGPROF keeps coming at 1000 Hz: every SIGPROF that lands in it finds only what
+/// is left of that stack. They must be counted as lost samples, not overflow it (a nested
+/// SIGPROF in heaprof's own dump handler, which runs there too, crashed CI this way).
+fn busy_handler_on_small_altstack() {
+    static HANDLER_CPU_NANOS: AtomicU64 = AtomicU64::new(0);
+    extern "C" fn on_usr2(_: libc::c_int) {
+        let start = common::thread_cpu_nanos();
+        while common::thread_cpu_nanos() - start < 300_000_000 {
+            std::hint::spin_loop();
+        }
+        let spent = common::thread_cpu_nanos() - start;
+        HANDLER_CPU_NANOS.store(spent as u64, Ordering::Relaxed);
+    }
+    // Room for the kernel's frame of this handler and of one nested signal, and a little more.
+    // SAFETY: getauxval has no preconditions.
+    let min = (unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize).max(libc::MINSIGSTKSZ);
+    let size = 2 * min + 1536;
+    let stack: &'static mut [u8] = Vec::leak(vec![0u8; size]);
+    let ss = libc::stack_t {
+        ss_sp: stack.as_mut_ptr().cast(),
+        ss_flags: 0,
+        ss_size: size,
+    };
+    // SAFETY: `ss` describes memory leaked for the life of the process; the handler is an
+    // `extern "C" fn(c_int)`; a zeroed sigaction with the fields below is valid.
+    unsafe {
+        assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_usr2 as extern "C" fn(libc::c_int) as usize;
+        act.sa_flags = libc::SA_ONSTACK;
+        libc::sigemptyset(&mut act.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &act, std::ptr::null_mut()),
+            0
+        );
+    }
+    let cpu = common::SharedBuf::default();
+    heaprof::set_cpu_profile_rate(1000);
+    let profile = heaprof::CpuProfile::start(cpu).unwrap();
+    // SAFETY: sends a signal we handle to this thread.
+    unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+    let cpu = profile.stop().unwrap();
+    let handler_ms = HANDLER_CPU_NANOS.load(Ordering::Relaxed) / 1_000_000;
+    let p = common::decode(&cpu.bytes());
+    let lost: i64 = p
+        .sample
+        .iter()
+        .filter(|s| {
+            common::stack_names(&p, s).first().map(String::as_str)
+                == Some(heaprof::__private::LOST_FRAME)
+        })
+        .map(|s| s.value[0])
+        .sum();
+    let comments: Vec<_> = p
+        .comment
+        .iter()
+        .map(|&i| p.string_table[i as usize].clone())
+        .collect();
+    println!("altstack: handler ran {handler_ms} ms of CPU; {lost} samples lost; {comments:?}");
+    // Up to 300 SIGPROFs land in the handler at 1000 Hz; CPU-time timers fire on the
+    // scheduler tick (75 at 250 Hz): at least one per 10 ms is asked for.
+    assert!(
+        handler_ms >= 300 && lost as u64 >= handler_ms / 10,
+        "{handler_ms} ms, {lost} lost"
+    );
+    assert!(
+        comments.iter().any(|c| c.contains(&format!(
+            "{lost} lost ({lost} of them interrupting a handler"
+        ))),
+        "{comments:?}"
+    );
+}
+
+/// A SIGPROF landing in a handler on a small alternate signal stack is a lost sample.
+#[test]
+fn cpu_profiling_while_a_handler_runs_on_a_small_alternate_stack() {
+    let out = run_case_ok("child_entry", "altstack", &[], Duration::from_secs(120));
+    eprintln!(
+        "{}",
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("altstack:"))
+            .unwrap_or("")
+    );
+}
+
 #[test]
 fn child_entry() {
     match torture_util::case().as_deref() {
         None => {}
         Some("storm") => storm(),
+        Some("altstack") => busy_handler_on_small_altstack(),
         Some(other) => panic!("unknown case {other}"),
     }
 }

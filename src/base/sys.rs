@@ -309,6 +309,26 @@ pub fn stack_rlimit() -> Option<usize> {
     usize::try_from(r.rlim_cur).ok()
 }
 
+/// When the caller runs on this thread's alternate signal stack (a handler installed with
+/// `SA_ONSTACK`, or one that interrupted such a handler), the bytes of it left below the
+/// caller's frame; `None` on any other stack. One `sigaltstack` system call:
+/// async-signal-safe, no allocation.
+#[inline(always)]
+pub fn altstack_headroom() -> Option<usize> {
+    let mut ss = core::mem::MaybeUninit::<libc::stack_t>::zeroed();
+    // SAFETY: a null new-stack pointer only queries; `ss` is a valid out-pointer.
+    if unsafe { libc::sigaltstack(core::ptr::null(), ss.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: sigaltstack succeeded and filled `ss` (it was zeroed before in any case).
+    let ss = unsafe { ss.assume_init() };
+    if ss.ss_flags & libc::SS_ONSTACK == 0 {
+        return None;
+    }
+    let here = &ss as *const libc::stack_t as usize;
+    Some(here.saturating_sub(ss.ss_sp as usize))
+}
+
 /// Installs `handler` for `signo` with `SA_SIGINFO | SA_RESTART` (no `SA_ONSTACK`: the
 /// unwinder needs the thread's own stack) and returns the previous action.
 pub fn install_sigaction(

@@ -305,6 +305,7 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
 
     let generation = GENERATION.fetch_add(1, SeqCst).wrapping_add(1);
     HANDLER_SAMPLES.store(0, Relaxed);
+    NO_STACK_SAMPLES.store(0, Relaxed);
     HANDLER_NANOS.store(0, Relaxed);
     let adopted_before = stacks::ADOPTED.load(Relaxed);
     let unwind_before = unwind::stats();
@@ -467,12 +468,38 @@ extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut
         } else {
             None
         };
-        if let Some(tid) = tid {
-            record(tid, uc);
+        match tid {
+            Some(_) if sys::altstack_headroom().is_some_and(|r| r < HANDLER_STACK_NEEDED) => {
+                lost_without_stack()
+            }
+            Some(tid) => record(tid, uc),
+            None => {}
         }
     }
     IN_HANDLER.fetch_sub(1, SeqCst);
     sys::set_errno(saved);
+}
+
+/// The stack [`record`] needs below the handler's frame, at least (the frame-pointer walk;
+/// the DWARF walk is used only with more, see `unwind::capture_from_ucontext`). Debug builds
+/// take several times the stack of release builds.
+const HANDLER_STACK_NEEDED: usize = if cfg!(debug_assertions) { 16 } else { 6 } * 1024;
+
+/// Samples dropped since the last start because the handler ran on an alternate signal stack
+/// with less than [`HANDLER_STACK_NEEDED`] left (it interrupted another handler running there).
+static NO_STACK_SAMPLES: AtomicU64 = AtomicU64::new(0);
+
+/// A SIGPROF that interrupted a signal handler running on this thread's alternate signal
+/// stack, with too little of it left to capture a stack on: counted as a lost sample (the
+/// profile's `lost_profile_event`), never a stack overflow.
+#[cold]
+fn lost_without_stack() {
+    NO_STACK_SAMPLES.fetch_add(1, Relaxed);
+    let ring = RING.load(Acquire);
+    if !ring.is_null() {
+        // SAFETY: a non-null RING is a leaked `&'static Ring`.
+        unsafe { &*ring }.count_lost();
+    }
 }
 
 /// Captures one sample for `tid` from the interrupted context `uc`.
@@ -625,10 +652,11 @@ impl Drain {
         let nanos = HANDLER_NANOS.load(Relaxed);
         let after = unwind::stats();
         b.add_comment(&format!(
-            "heaprof cpu: {} samples taken, {} drained, {} lost (ring full), handler mean {} ns/sample, {} threads given stack bounds from /proc/self/maps, {} leaf-only (no stack bounds), {} frame-pointer walks",
+            "heaprof cpu: {} samples taken, {} drained, {} lost ({} of them interrupting a handler on a nearly full alternate signal stack, the others to a full ring), handler mean {} ns/sample, {} threads given stack bounds from /proc/self/maps, {} leaf-only (no stack bounds), {} frame-pointer walks",
             taken,
             self.samples_drained,
             lost,
+            NO_STACK_SAMPLES.load(Relaxed),
             nanos.checked_div(taken).unwrap_or(0),
             stacks::ADOPTED.load(Relaxed) - self.adopted_before,
             after.no_stack_bounds - self.unwind_before.no_stack_bounds,

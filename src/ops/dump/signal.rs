@@ -136,8 +136,18 @@ pub fn install(sig: c_int) -> io::Result<()> {
     act.sa_sigaction =
         on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
     act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-    // SAFETY: `act.sa_mask` is a valid sigset to initialize.
-    unsafe { libc::sigemptyset(&mut act.sa_mask) };
+    // heaprof's other handlers wait until this one returns: on the alternate signal stack
+    // (`SA_ONSTACK`, as Go requires of every handler in a process it shares) a nested
+    // SIGPROF or `threads` capture would have only what is left of it to unwind on.
+    // SAFETY: `act.sa_mask` is a valid sigset to initialize and add to.
+    unsafe {
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaddset(&mut act.sa_mask, libc::SIGPROF);
+        libc::sigaddset(
+            &mut act.sa_mask,
+            crate::profiles::threads::capture::signal_number(),
+        );
+    }
     // SAFETY: a zeroed sigaction is a valid out-parameter.
     let mut replaced: libc::sigaction = unsafe { core::mem::zeroed() };
     // SAFETY: `act` is fully initialized with a handler of the SA_SIGINFO signature.

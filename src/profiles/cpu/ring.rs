@@ -175,7 +175,13 @@ impl<F: Family> Ring<F> {
         true
     }
 
-    /// Samples lost to a full ring since the last [`Ring::take_lost`].
+    /// Counts a sample the producer could not take (no stack left to capture it on), as a
+    /// lost one. Async-signal-safe.
+    pub fn count_lost(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Samples lost (ring full, or [`Ring::count_lost`]) since the last [`Ring::take_lost`].
     pub fn take_lost(&self) -> u64 {
         self.lost.swap(0, Ordering::Relaxed)
     }
