@@ -5,6 +5,7 @@ pub use crate::alloc::large_region::{
     limit as limit_large_region, RETAIN_BYTES as LARGE_RETAIN_BYTES,
 };
 pub use crate::base::fork::test_support::{in_child, wait_child};
+pub use crate::lock_order::installed as fork_protocol_installed;
 pub use crate::lock_order::test_support::{hold as fork_hold, names as fork_protocol};
 pub use crate::profiles::cpu::{force_setitimer_fallback, handler_stats, LOST_FRAME};
 /// Whether the `HEAPROF_*` environment snapshot was taken (tests of the constructor).

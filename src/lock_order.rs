@@ -1,5 +1,6 @@
 //! Every lock and flag heaprof owns, in one ranked list: the lock order, and the fork
-//! protocol that `fork.rs` runs ([`HOOKS`]).
+//! protocol that `base/fork.rs` runs ([`HOOKS`], installed there by this module's load-time
+//! constructor). It names the locks of every layer, so it sits at the top of the crate.
 //!
 //! # Lock order
 //! A thread holding a lock of this list may wait only for a lock further down it (directly,
@@ -27,7 +28,7 @@
 //! A new lock or flag gets its line here (a test checks that every `static` mutex, flag and
 //! once-cell of the crate is named in this file), and a fork test (`tests/fork_locks.rs`).
 
-use crate::base::fork::Hook;
+use crate::base::fork::{self, Hook};
 use crate::{
     alloc::arena, alloc::labels, alloc::large_region, alloc::peak, base::env, ops::dump,
     profiles::block, profiles::cpu, profiles::custom, profiles::mutex,
@@ -144,6 +145,23 @@ pub(crate) static HOOKS: &[Hook] = &[
 
 /// For the fork protocol's tests (`tests/fork_locks.rs`, through `__private`): the list, and
 /// a way to hold each entry from another thread at the moment of a fork.
+/// Hands [`HOOKS`] to the fork mechanism and registers its handlers.
+extern "C" fn at_load() {
+    static LIST: &[Hook] = HOOKS;
+    fork::install(&LIST);
+}
+
+/// Runs [`at_load`] when the binary or library is loaded, before `main` (rustc keeps `#[used]`
+/// statics of a library in every binary that links it).
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+/// Whether the fork protocol is installed (tests of the constructor).
+pub fn installed() -> bool {
+    fork::protocol().len() == HOOKS.len()
+}
+
 pub mod test_support {
     use std::sync::mpsc;
     use std::time::Duration;

@@ -3,8 +3,10 @@
 //! other threads were doing at the instant of `fork`.
 //!
 //! In the child only the forking thread exists; a lock or flag held by any other thread stays
-//! held forever. Each lock and flag heaprof owns has a [`Hook`] in one ranked list,
-//! `lock_order::HOOKS`, which also states the lock order; this module only runs it:
+//! held forever. Each lock and flag heaprof owns has a [`Hook`] in one ranked list, the fork
+//! protocol, which also states the lock order. The list names every layer's locks, so it
+//! lives at the top of the crate (`lock_order.rs`) and is handed to this module with
+//! [`install`]; this module calls no one by name, it only runs the list:
 //! - prepare (parent, before the fork): every hook's `prepare`, in list order (locks are
 //!   taken top to bottom, waiting for their holders to leave);
 //! - parent (after the fork): every hook's `parent`, in reverse order;
@@ -15,13 +17,15 @@
 //! same thread, or from code heaprof calls while holding one of its locks (the writer of a
 //! CPU profile being stopped): prepare would wait for a lock its own thread holds.
 //!
-//! Registration: from an `.init_array` constructor at load time, and, in case the linker
-//! dropped it, on first use of the state the hooks protect ([`ensure_registered`]). The
-//! child hooks only do atomic stores, mutex unlocks and frees: what the child of a
-//! multi-threaded process may do (glibc's `fork` has made `malloc` usable in it).
+//! Registration: `lock_order`'s `.init_array` constructor installs the list and registers
+//! the `pthread_atfork` handlers at load time, before `main`; the state the hooks protect
+//! also calls [`ensure_registered`] on first use, so the handlers are registered before any
+//! lock of the list can be held whatever the order of constructors. The child hooks only do
+//! atomic stores, mutex unlocks and frees: what the child of a multi-threaded process may do
+//! (glibc's `fork` has made `malloc` usable in it).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// What kind of state a [`Hook`] protects.
@@ -113,23 +117,47 @@ impl Hook {
 
 static REGISTERED: AtomicBool = AtomicBool::new(false);
 
+/// The fork protocol: the ranked list [`install`] was given (null until then).
+static PROTOCOL: AtomicPtr<&'static [Hook]> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Makes `list` the fork protocol the handlers run, and registers them. Called once, by the
+/// crate's load-time constructor (`lock_order`); the list is in rank order (see
+/// [`prepare`]).
+pub fn install(list: &'static &'static [Hook]) {
+    PROTOCOL.store(
+        (list as *const &'static [Hook]).cast_mut(),
+        Ordering::Release,
+    );
+    ensure_registered();
+}
+
+/// The installed fork protocol (empty before [`install`]).
+pub fn protocol() -> &'static [Hook] {
+    let p = PROTOCOL.load(Ordering::Acquire);
+    // SAFETY: a non-null PROTOCOL was stored from a `&'static &'static [Hook]` by `install`.
+    unsafe { p.as_ref() }.copied().unwrap_or(&[])
+}
+
+/// Before the fork: every hook's `prepare`, top to bottom (locks in rank order).
 extern "C" fn prepare() {
     let _guard = crate::base::tls::ProfilerGuard::enter();
-    for h in crate::lock_order::HOOKS {
+    for h in protocol() {
         (h.prepare)();
     }
 }
 
+/// After the fork, in the parent: every hook's `parent`, bottom to top.
 extern "C" fn parent() {
     let _guard = crate::base::tls::ProfilerGuard::enter();
-    for h in crate::lock_order::HOOKS.iter().rev() {
+    for h in protocol().iter().rev() {
         (h.parent)();
     }
 }
 
+/// After the fork, in the child: every hook's `child`, bottom to top.
 extern "C" fn child() {
     let _guard = crate::base::tls::ProfilerGuard::enter();
-    for h in crate::lock_order::HOOKS.iter().rev() {
+    for h in protocol().iter().rev() {
         (h.child)();
     }
 }
@@ -147,15 +175,6 @@ pub fn ensure_registered() {
     // life of the process (they are in this binary or library).
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
-
-extern "C" fn at_load() {
-    ensure_registered();
-}
-
-/// Runs [`ensure_registered`] when the binary or library is loaded, before `main`.
-#[used]
-#[link_section = ".init_array"]
-static AT_LOAD: extern "C" fn() = at_load;
 
 /// A `std::sync::Mutex` the fork protocol holds across `fork`: [`hold`](Self::hold) locks it
 /// in the prepare hook, [`release`](Self::release) unlocks it in the parent and child hooks,
