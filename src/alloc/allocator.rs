@@ -20,9 +20,10 @@
 use core::alloc::{GlobalAlloc, Layout};
 use std::alloc::System;
 
+use crate::alloc::{block_offset, peak, sampled_block, tables};
 use crate::base::sampler::{self, Weight};
 use crate::base::tls::{self, ThreadState};
-use crate::{alloc::peak, alloc::sampled_block, alloc::tables, base::config, unwind};
+use crate::{base::config, unwind};
 
 /// Countdown used while sampling is off, so threads notice a rate change within this many
 /// bytes of allocation.
@@ -296,7 +297,7 @@ impl<A: GlobalAlloc> ProfilingAllocator<A> {
         } else {
             Decision::Skip
         };
-        let old_sampled = sampled_block::may_be_sampled(ptr) && sampled_block::is_sampled(ptr);
+        let old_sampled = block_offset::may_be_sampled(ptr) && sampled_block::is_sampled(ptr);
         let new = match decision {
             // SAFETY: the caller's contract; realloc keeps the block on failure.
             Decision::Skip if !old_sampled => {
@@ -348,7 +349,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
         // 32 mod 2048 is not a sampled block. (1 in 64 of glibc's 16-aligned blocks pass;
         // `dealloc_slow` then checks the address against heaprof's reservations, and reads
         // nothing of a block that is not in them.)
-        if sampled_block::may_be_sampled(ptr) {
+        if block_offset::may_be_sampled(ptr) {
             // SAFETY: forwarded under the caller's contract.
             return unsafe { self.dealloc_slow(ptr, layout) };
         }
@@ -359,7 +360,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for ProfilingAllocator<A> {
     #[inline(always)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let expired = !fast_countdown(new_size);
-        if !expired && !sampled_block::may_be_sampled(ptr) {
+        if !expired && !block_offset::may_be_sampled(ptr) {
             // SAFETY: neither block is sampled: forwarded unchanged.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
@@ -450,14 +451,14 @@ mod tests {
     fn every_sampled_address_passes_the_pointer_test() {
         for align in [1usize, 8, 16, 64, 2048, 4096, 65536] {
             for k in 0..4usize {
-                let p = (0x7f00_0000_0000usize + k * 0x1_0000 + sampled_block::offset(align))
-                    as *mut u8;
-                assert!(sampled_block::may_be_sampled(p), "align {align}");
+                let p =
+                    (0x7f00_0000_0000usize + k * 0x1_0000 + block_offset::offset(align)) as *mut u8;
+                assert!(block_offset::may_be_sampled(p), "align {align}");
             }
         }
         let misses = (0..4096usize)
             .step_by(16)
-            .filter(|&o| sampled_block::may_be_sampled((0x5555_0000_0000usize + o) as *mut u8))
+            .filter(|&o| block_offset::may_be_sampled((0x5555_0000_0000usize + o) as *mut u8))
             .count();
         assert_eq!(misses, 4, "one in 64 16-aligned pointers passes");
     }

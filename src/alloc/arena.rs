@@ -42,7 +42,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 
 use crate::base::atomics::{Atomic, Family, Ordering, Std};
 
-use crate::alloc::sampled_block::{SMALL_PERIOD, TAG_SMALL};
+use crate::alloc::block_offset::{SMALL_PERIOD, TAG_SMALL};
 
 /// Slot granularity; slots start at multiples of it from the page-aligned base, so the
 /// user's pointer [`TAG_SMALL`] bytes in is `TAG_SMALL` modulo `SMALL_PERIOD`.
@@ -232,7 +232,7 @@ fn bump(units: usize) -> Option<usize> {
 }
 
 /// A slot of at least `need` bytes (a sampled block, its offset and header: see
-/// [`sampled_block::offset`](crate::alloc::sampled_block::offset)): its start and whether it is fresh (all zero).
+/// [`block_offset::offset`](crate::alloc::block_offset::offset)): its start and whether it is fresh (all zero).
 /// `None` when `need` is too large or the arena cannot supply one.
 pub fn alloc(need: usize) -> Option<(*mut u8, bool)> {
     let class = class_of_need(need)?;
@@ -306,7 +306,7 @@ mod tests {
             let (a, fresh) = alloc(3032).unwrap();
             assert!(fresh && contains(a));
             let p = a.wrapping_add(TAG_SMALL);
-            assert!(crate::alloc::sampled_block::may_be_sampled(p));
+            assert!(crate::alloc::block_offset::may_be_sampled(p));
             // SAFETY: the slot is ours: 32 + 3000 bytes, fresh, hence zero and writable.
             unsafe {
                 assert!(core::slice::from_raw_parts(a, 3032).iter().all(|&b| b == 0));

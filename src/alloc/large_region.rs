@@ -14,7 +14,7 @@
 //! agrees (valgrind, for one, allows 32 GiB), no less than [`MIN_RESERVE`]. A block lives in
 //! an *extent*: a power of two of at least [`MIN_EXTENT`] (128 KiB) bytes, aligned to its
 //! own size, so a block aligned to anything up to half its extent's size is aligned by
-//! placing it at the right offset. The block starts [`sampled_block::offset`](crate::alloc::sampled_block::offset)
+//! placing it at the right offset. The block starts [`block_offset::offset`](crate::alloc::block_offset::offset)
 //! bytes into its extent (32 for alignments up to 32, 2048 up to 2048, else the alignment),
 //! with its 32-byte header just below. One extent class per power of two; an extent freed
 //! goes on its class's free list and is taken by the next block of that class.
@@ -246,7 +246,7 @@ pub struct Block {
 }
 
 /// An extent for a block of `size` bytes at offset `off` (see
-/// [`sampled_block::offset`](crate::alloc::sampled_block::offset)), with its pages writable. `None` when the region
+/// [`block_offset::offset`](crate::alloc::block_offset::offset)), with its pages writable. `None` when the region
 /// is missing or full, or the OS refused the pages (then the caller does not keep the
 /// sample).
 pub fn alloc(off: usize, size: usize) -> Option<Block> {

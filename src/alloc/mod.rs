@@ -8,6 +8,7 @@
 
 pub(crate) mod allocator;
 pub(crate) mod arena;
+pub(crate) mod block_offset;
 pub(crate) mod buckets;
 pub(crate) mod labels;
 pub(crate) mod large_region;

@@ -5,13 +5,13 @@
 //! Every sampled block lives in memory heaprof reserved itself, never in the inner
 //! allocator's heap: blocks of alignment ≤ 2048 up to about 80 KiB in a slot of the arena
 //! (`arena`), every other one in an extent of the large-block region (`large_region`).
-//! A block starts [`offset`] bytes into its slot or extent — [`TAG_SMALL`] (32) for
-//! alignments up to 32, [`TAG`] (2048) up to 2048, the alignment itself above — with a
-//! 32-byte [`Header`] just below it. Slots and extents start at multiples of 2048 (extents
-//! of 4096), so every sampled pointer is 0 or 32 modulo 2048.
+//! A block starts [`offset`] bytes into its slot or extent (`block_offset`: 32 for
+//! alignments up to 32, 2048 up to 2048, the alignment itself above) with a 32-byte
+//! [`Header`] just below it. Slots and extents start at multiples of 2048 (extents of
+//! 4096), so every sampled pointer is 0 or 32 modulo 2048.
 //!
 //! # How `dealloc` knows them
-//! 1. [`may_be_sampled`]: `ptr % 2048` ∈ {0, 32}, one `test` instruction on a register.
+//! 1. [`may_be_sampled`](crate::alloc::block_offset::may_be_sampled): `ptr % 2048` ∈ {0, 32}, one `test` instruction on a register.
 //!    Every sampled pointer passes; of glibc's 16-aligned blocks about 1 in 64 do.
 //! 2. Out of line, for those: [`is_sampled`], whether the pointer lies in the arena or in
 //!    the large-block region (two range checks on four read-mostly words). The inner
@@ -37,19 +37,12 @@
 use core::alloc::Layout;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::alloc::block_offset::{offset, TAG};
 use crate::base::sampler::Weight;
 use crate::{alloc::arena, alloc::large_region};
 
 /// Bytes of [`Header`].
 const HEADER_BYTES: usize = core::mem::size_of::<Header>();
-/// The offset of alignments up to 32 (a multiple of each): the header in the 32 bytes
-/// below the pointer shares the block's first cache line.
-pub const TAG_SMALL: usize = 32;
-/// The offset of alignments 64 to 2048 (a multiple of each).
-pub const TAG: usize = 2048;
-/// The modulus [`may_be_sampled`] tests in: half a page, the arena's slot unit.
-pub const SMALL_PERIOD: usize = 2048;
-
 /// What a sampled block carries just below the user's pointer.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -84,30 +77,6 @@ fn check_word(secret: u64, ptr: usize, bucket: u32, pages: u32, w: Weight) -> u6
         h ^= h >> 31;
     }
     h
-}
-
-/// Where a sampled block of alignment `align` starts in its slot or extent: [`TAG_SMALL`],
-/// [`TAG`], or `align` itself from 4096 up.
-#[inline(always)]
-pub fn offset(align: usize) -> usize {
-    if align <= TAG_SMALL {
-        TAG_SMALL
-    } else if align <= TAG {
-        TAG
-    } else {
-        align
-    }
-}
-
-/// Low bits that are zero in every sampled block's address: it is 0 or 32 mod 2048.
-const SAMPLED_ZERO_BITS: usize = (SMALL_PERIOD - 1) & !TAG_SMALL;
-
-/// The first test on `dealloc`, on the pointer alone: false means "certainly not a sampled
-/// block". One `test` instruction; it clears all other pointers but 1 in 64 of 16-aligned
-/// ones.
-#[inline(always)]
-pub fn may_be_sampled(ptr: *mut u8) -> bool {
-    ptr as usize & SAMPLED_ZERO_BITS == 0
 }
 
 /// Whether `ptr` is a sampled block: it lies in the arena or the large-block region. Exact
