@@ -206,6 +206,7 @@ pub fn invalid_frees() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alloc::block_offset::may_be_sampled;
 
     #[test]
     fn offsets_are_aligned_leave_room_for_the_header_and_pass_the_filter() {
