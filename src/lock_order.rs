@@ -61,7 +61,7 @@ pub(crate) static HOOKS: &[Hook] = &[
     // The custom-profile registry, then every shard of every custom profile (single map
     // calls under each).
     Hook::lock(
-        "profile::CUSTOM, then each custom::Shard",
+        "custom::CUSTOM, then each custom::Shard",
         custom::fork_prepare,
         custom::fork_release,
     ),

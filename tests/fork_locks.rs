@@ -279,7 +279,7 @@ fork_while_held! {
     cpu_session => "cpu::SESSION",
     dump_installed => "dump::INSTALLED",
     threads_capture_round => "threads::capture::ROUND (and INSTALL)",
-    custom_registry_and_shards => "profile::CUSTOM, then each custom::Shard",
+    custom_registry_and_shards => "custom::CUSTOM, then each custom::Shard",
     block_records => "block::RECORDS",
     labels_registry => "labels::REGISTRY",
     symbolizer => "symbolize::SYM_OWNER (and SYM_TAKEN_FOR_FORK)",

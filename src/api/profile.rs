@@ -3,12 +3,11 @@
 //!
 //! Called by user code. Writers and the custom-profile API only: nothing here runs inside the
 //! allocator or a signal handler. Predefined profiles are rows of [`PREDEFINED`]; custom ones
-//! live in a registry map (`Arc<CustomProfile>` each, see [`crate::profiles::custom`]).
+//! live in `custom`'s registry (`Arc<CustomProfile>` each, see [`crate::profiles::custom`]).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::base::error::Error;
 use crate::profiles::custom::{self, CustomProfile, ProfileKey};
@@ -100,26 +99,6 @@ fn predefined(name: &str) -> Option<&'static Predefined> {
     PREDEFINED.iter().find(|p| p.name == name)
 }
 
-/// Custom profiles by name.
-static CUSTOM: Mutex<BTreeMap<String, Arc<CustomProfile>>> = Mutex::new(BTreeMap::new());
-
-fn custom_registry() -> std::sync::MutexGuard<'static, BTreeMap<String, Arc<CustomProfile>>> {
-    // Before the lock: registering the fork handlers with it held could wait for a fork
-    // that waits for it (glibc holds its atfork lock while the prepare handlers run).
-    crate::base::fork::ensure_registered();
-    // Registry operations are single map calls: a poisoned lock still holds a sound map.
-    CUSTOM.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The registry's lock guard (held across a fork by `custom::fork_prepare`).
-pub(crate) type RegistryGuard =
-    std::sync::MutexGuard<'static, BTreeMap<String, Arc<CustomProfile>>>;
-
-/// Locks the registry, for `custom::fork_prepare`.
-pub(crate) fn lock_registry() -> RegistryGuard {
-    custom_registry()
-}
-
 /// The custom state behind `p`, if it is a custom profile (for tests in `custom`).
 #[cfg(test)]
 pub(crate) fn custom_of(p: &Profile) -> Option<&CustomProfile> {
@@ -197,7 +176,7 @@ impl Profile {
         if predefined(name).is_some() {
             return Err(Error::DuplicateProfile(name.to_string()));
         }
-        let mut reg = custom_registry();
+        let mut reg = custom::registry();
         if reg.contains_key(name) {
             return Err(Error::DuplicateProfile(name.to_string()));
         }
@@ -385,7 +364,7 @@ pub fn profiles() -> Vec<Profile> {
             kind: Kind::Predefined(p),
         })
         .collect();
-    all.extend(custom_registry().values().map(|c| Profile {
+    all.extend(custom::registry().values().map(|c| Profile {
         kind: Kind::Custom(Arc::clone(c)),
     }));
     all.sort_by(|a, b| a.name().cmp(b.name()));
@@ -405,7 +384,7 @@ pub fn lookup(name: &str) -> Option<Profile> {
             kind: Kind::Predefined(p),
         });
     }
-    custom_registry().get(name).map(|c| Profile {
+    custom::registry().get(name).map(|c| Profile {
         kind: Kind::Custom(Arc::clone(c)),
     })
 }

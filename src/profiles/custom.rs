@@ -18,13 +18,29 @@
 
 use std::any::Any;
 use std::collections::hash_map::{Entry, RandomState};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::alloc::stack_table::OVERFLOW_STACK;
 use crate::unwind::{self, MAX_DEPTH};
 use crate::{alloc::tables, base::tls};
+
+/// Custom profiles by name.
+static CUSTOM: Mutex<BTreeMap<String, Arc<CustomProfile>>> = Mutex::new(BTreeMap::new());
+
+/// Locks the registry of custom profiles (a map from name to profile).
+pub(crate) fn registry() -> RegistryGuard {
+    // Before the lock: registering the fork handlers with it held could wait for a fork
+    // that waits for it (glibc holds its atfork lock while the prepare handlers run).
+    crate::base::fork::ensure_registered();
+    // Registry operations are single map calls: a poisoned lock still holds a sound map.
+    CUSTOM.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The registry's lock guard (held across a fork by [`fork_prepare`]).
+pub(crate) type RegistryGuard =
+    std::sync::MutexGuard<'static, BTreeMap<String, Arc<CustomProfile>>>;
 
 /// Number of key shards (a power of two).
 pub const SHARDS: usize = 64;
@@ -174,7 +190,7 @@ impl CustomProfile {
 struct ForkHeld {
     _shards: Vec<MutexGuard<'static, KeyMap>>,
     _profiles: Vec<std::sync::Arc<CustomProfile>>,
-    _registry: crate::api::profile::RegistryGuard,
+    _registry: RegistryGuard,
 }
 
 thread_local! {
@@ -188,7 +204,7 @@ thread_local! {
 /// each lock free. No other path takes a shard lock and then the registry, so the order
 /// cannot deadlock.
 pub(crate) fn fork_prepare() {
-    let registry = crate::api::profile::lock_registry();
+    let registry = registry();
     let profiles: Vec<std::sync::Arc<CustomProfile>> = registry.values().cloned().collect();
     let mut shards = Vec::with_capacity(profiles.len() * SHARDS);
     for p in &profiles {
