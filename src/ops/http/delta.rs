@@ -1,5 +1,5 @@
 //! `/debug/pprof/NAME?seconds=N`: Go's `serveDeltaProfile`. The profile is written now and
-//! again N seconds later, and the answer is the difference ([`crate::profile_delta`]).
+//! again N seconds later, and the answer is the difference ([`profile_delta`](crate::pprof::delta::profile_delta)).
 //!
 //! Called on the request's own thread; the wait goes through the request's [`Waiter`](super::Waiter), so a
 //! server can end it when the client hangs up or the server stops.
@@ -51,7 +51,7 @@ pub(super) fn serve(p: &Profile, name: &str, seconds: &str, ctx: &Ctx) -> Respon
     let Some(after) = collect(p) else {
         return Response::error(500, "failed to collect profile");
     };
-    match crate::profile_delta(&before, &after) {
+    match crate::pprof::delta::profile_delta(&before, &after) {
         Ok(body) => binary(body, &format!("{name}-delta")),
         Err(_) => Response::error(500, "failed to compute delta"),
     }

@@ -5,7 +5,7 @@
 //!
 //! Called by the application. Everything here runs on request threads under the
 //! profiler's guard; nothing here may run inside the allocator or a signal handler.
-//! Every profile is written through [`crate::lookup`] / [`crate::Profile::write_to`], so
+//! Every profile is written through [`lookup`](crate::api::profile::lookup) / [`Profile::write_to`](crate::api::profile::Profile::write_to), so
 //! profiles registered by other parts of the crate or by the application appear without
 //! changes here.
 //!
@@ -260,7 +260,7 @@ fn cpu_profile(ctx: &Ctx) -> Response {
     if ctx.exceeds_write_timeout(seconds as f64) {
         return Response::error(400, "profile duration exceeds server's WriteTimeout");
     }
-    let profile = match crate::CpuProfile::start(Vec::new()) {
+    let profile = match crate::profiles::cpu::CpuProfile::start(Vec::new()) {
         Ok(p) => p,
         Err(e) => return Response::error(500, &format!("Could not enable CPU profiling: {e}")),
     };
