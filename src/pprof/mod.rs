@@ -1,8 +1,9 @@
 //! The encoding layer: the pprof machinery every profile kind writes through, and the
 //! reader. Protobuf messages ([`proto`]), the profile builder ([`builder`]), symbolization
 //! ([`symbolize`]), `/proc/self/maps` and ELF build IDs ([`maps`], [`elf`]), the legacy
-//! `debug=1` text formats ([`text`]), the count-profile writer ([`count_writer`]), reading
-//! profiles back ([`read`]) and delta profiles ([`delta`]). Knows no profile kind.
+//! `debug=1` text formats ([`text`]), stacks merged and the pseudo-frames ([`stack_groups`]),
+//! the count-profile writer ([`count_writer`]), reading profiles back ([`read`]) and delta
+//! profiles ([`delta`]). Knows no profile kind.
 //!
 //! Called by the heap, CPU and count profile writers; never by the allocator or a signal
 //! handler (everything here allocates, reads files and may take `backtrace`'s lock).
@@ -15,5 +16,6 @@ pub mod elf;
 pub mod maps;
 pub mod proto;
 pub(crate) mod read;
+pub(crate) mod stack_groups;
 pub mod symbolize;
 pub mod text;

@@ -17,17 +17,18 @@
 //!
 //! Counts are kept as `f64` per stack and written rounded, delays as `u64` ns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::alloc::stack_table::OVERFLOW_STACK;
 use crate::pprof::builder::ProfileBuilder;
+use crate::pprof::stack_groups::{add_group, merge_by_stack, overflow_stack, stack_or, Frames};
 use crate::pprof::symbolize::Symbolizer;
 use crate::pprof::text::{self, ContentionRecord};
 use crate::unwind::{self, MAX_DEPTH};
-use crate::{alloc::tables, base::sys, base::tls, profiles::heap};
+use crate::{alloc::tables, base::sys, base::tls};
 
 /// The block profile rate in ns; 0 = off.
 static RATE: AtomicU64 = AtomicU64::new(0);
@@ -109,7 +110,7 @@ pub fn is_lock_frame(name: &str) -> bool {
 
 /// One record to write: frames (`None`: did not fit the stack table), count, delay.
 struct Rec {
-    stack: Option<Vec<usize>>,
+    stack: Frames,
     count: i64,
     delay: i64,
 }
@@ -122,17 +123,18 @@ fn records() -> Vec<Rec> {
         .map(|(&k, &v)| (k, v))
         .collect();
     let stacks = tables::get_if_created().map(|t| &t.stacks);
-    let mut merged: HashMap<Option<Vec<usize>>, (f64, u64)> = HashMap::new();
-    let mut frames = Vec::new();
-    for (id, (c, d)) in copy {
-        let ok = id != OVERFLOW_STACK && stacks.is_some_and(|t| t.read(id, &mut frames));
-        let e = merged.entry(ok.then(|| frames.clone())).or_insert((0.0, 0));
-        e.0 += c;
-        e.1 = e.1.saturating_add(d);
-    }
+    let merged = merge_by_stack(
+        copy,
+        stacks,
+        |_, _| (),
+        |e: &mut (f64, u64), (c, d)| {
+            e.0 += c;
+            e.1 = e.1.saturating_add(d);
+        },
+    );
     let mut out: Vec<Rec> = merged
         .into_iter()
-        .map(|(stack, (c, d))| Rec {
+        .map(|(stack, (), (c, d))| Rec {
             stack,
             count: c.round() as i64,
             delay: d.min(i64::MAX as u64) as i64,
@@ -162,20 +164,17 @@ pub fn write(w: &mut dyn Write, debug: u8) -> io::Result<()> {
         b.set_trim_leading(is_lock_frame);
         b.add_comment(&format!("block profile rate = {} ns", rate()));
         for r in &recs {
-            match &r.stack {
-                None => b.add_pseudo_sample(heap::OVERFLOW_FRAME, &[r.count, r.delay], &[]),
-                Some(s) => b.add_sample(s, false, &[r.count, r.delay], &[]),
-            }
+            add_group(&mut b, &r.stack, &[r.count, r.delay], &[]);
         }
         return b.write_gzip(w);
     }
-    let overflow = [heap::table_overflow as fn() as usize + 1];
+    let overflow = overflow_stack();
     let rows: Vec<ContentionRecord> = recs
         .iter()
         .map(|r| ContentionRecord {
             count: r.count,
             delay_ns: r.delay,
-            stack: r.stack.as_deref().unwrap_or(&overflow),
+            stack: stack_or(&r.stack, &overflow),
         })
         .collect();
     text::write_contention_text(w, "contention", &rows, &mut Symbolizer::new(), trim)

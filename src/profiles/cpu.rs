@@ -66,8 +66,7 @@ pub const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// Ring capacity in samples (~4.3 MB reserved, touched as used): at 1000 Hz it holds a
 /// 50 ms tick of 160 busy threads.
 const RING_SLOTS: usize = 8192;
-/// Pseudo-function standing for samples lost to a full ring (Go: `runtime/pprof.lostProfileEvent`).
-pub const LOST_FRAME: &str = "heaprof::lost_profile_event";
+pub use crate::pprof::stack_groups::LOST_FRAME;
 
 static RATE_HZ: AtomicU32 = AtomicU32::new(DEFAULT_CPU_PROFILE_RATE);
 /// A profile is running (from start until stop returned): `set_cpu_profile_rate` refuses.

@@ -13,25 +13,15 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::alloc::buckets::BucketSnapshot;
-use crate::alloc::stack_table::OVERFLOW_STACK;
 use crate::base::sampler::OBJECT_WEIGHT_ONE;
 use crate::pprof::builder::{Label, ProfileBuilder};
+use crate::pprof::stack_groups::{add_group, merge_by_stack, overflow_stack, stack_or, Frames};
 use crate::pprof::symbolize::Symbolizer;
 use crate::pprof::text::{self, HeapRecord};
 use crate::{
     alloc::labels, alloc::peak, alloc::sampled_block, alloc::tables, base::config, base::sys,
     base::tls, profiles::rss,
 };
-
-/// Name of the pseudo-function that stands for samples whose stack or bucket did not fit.
-pub const OVERFLOW_FRAME: &str = "heaprof::table_overflow";
-
-/// Stands for overflowed samples in the legacy text, which needs a real address: the
-/// text names this function's address (+1, as a return address would be).
-#[inline(never)]
-pub fn table_overflow() {
-    std::hint::black_box(OVERFLOW_FRAME);
-}
 
 /// Which view of the heap data to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +34,10 @@ pub enum HeapView {
     Peak,
 }
 
-/// One record of the snapshot: a stack (empty for the overflow pseudo-stack), one object
-/// size, and its counters merged over duplicate stack ids.
+/// One record of the snapshot: a stack (`None`: it did not fit), one object size, and its
+/// counters merged over duplicate stack ids.
 struct Record {
-    stack: Vec<usize>,
-    overflow: bool,
+    stack: Frames,
     c: BucketSnapshot,
 }
 
@@ -131,10 +120,7 @@ fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
     stats.buckets_capacity = t.buckets.capacity();
     stats.buckets_overflowed = t.buckets.overflowed();
 
-    // Merge buckets whose stacks are identical (a race can give one stack two ids).
-    let mut merged: HashMap<(Vec<usize>, bool, u32, u32), BucketSnapshot> = HashMap::new();
-    let mut frames = Vec::new();
-    for (id, mut b) in t.buckets.snapshot() {
+    let buckets = t.buckets.snapshot().into_iter().filter_map(|(id, mut b)| {
         if view == HeapView::Peak {
             // At the peak: what was in use then, as if allocated and never freed.
             let (objects_w, bytes_w, count, bytes) = peak::read(t.peak, id);
@@ -144,35 +130,24 @@ fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
             b.alloc_bytes = bytes;
             (b.free_objects_w, b.free_bytes_w, b.free_count, b.free_bytes) = (0, 0, 0, 0);
             if count == 0 {
-                continue;
+                return None;
             }
         }
-        let overflow = b.stack == OVERFLOW_STACK || !t.stacks.read(b.stack, &mut frames);
-        if overflow {
-            frames.clear();
-        }
-        let class = if overflow { 0 } else { b.class };
-        let e = merged
-            .entry((frames.clone(), overflow, class, b.labels))
-            .or_default();
-        e.class = class;
-        e.labels = b.labels;
-        for (sum, v) in [
-            (&mut e.alloc_count, b.alloc_count),
-            (&mut e.alloc_bytes, b.alloc_bytes),
-            (&mut e.free_count, b.free_count),
-            (&mut e.free_bytes, b.free_bytes),
-            (&mut e.alloc_objects_w, b.alloc_objects_w),
-            (&mut e.alloc_bytes_w, b.alloc_bytes_w),
-            (&mut e.free_objects_w, b.free_objects_w),
-            (&mut e.free_bytes_w, b.free_bytes_w),
-        ] {
-            *sum = sum.saturating_add(v);
-        }
-    }
+        Some((b.stack, b))
+    });
+    // One record per stack, size class (0 for what did not fit) and label set.
+    let merged = merge_by_stack(
+        buckets,
+        Some(&t.stacks),
+        |b, resolved| (if resolved { b.class } else { 0 }, b.labels),
+        add_counters,
+    );
     let mut records: Vec<Record> = merged
         .into_iter()
-        .map(|((stack, overflow, _, _), c)| Record { stack, overflow, c })
+        .map(|(stack, (class, labels), mut c)| {
+            (c.class, c.labels) = (class, labels);
+            Record { stack, c }
+        })
         .collect();
     // Deterministic order: largest in-use first, then by stack, size and labels.
     records.sort_by(|a, b| {
@@ -184,6 +159,22 @@ fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
             .then(a.c.labels.cmp(&b.c.labels))
     });
     (records, stats)
+}
+
+/// Adds `b`'s counters into `sum`'s, saturating.
+fn add_counters(sum: &mut BucketSnapshot, b: BucketSnapshot) {
+    for (s, v) in [
+        (&mut sum.alloc_count, b.alloc_count),
+        (&mut sum.alloc_bytes, b.alloc_bytes),
+        (&mut sum.free_count, b.free_count),
+        (&mut sum.free_bytes, b.free_bytes),
+        (&mut sum.alloc_objects_w, b.alloc_objects_w),
+        (&mut sum.alloc_bytes_w, b.alloc_bytes_w),
+        (&mut sum.free_objects_w, b.free_objects_w),
+        (&mut sum.free_bytes_w, b.free_bytes_w),
+    ] {
+        *s = s.saturating_add(v);
+    }
 }
 
 /// Leading (leaf-side) frames that belong to the allocation machinery rather than to the
@@ -296,12 +287,9 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
                     .collect()
             })
             .clone();
-        if r.overflow {
-            b.add_pseudo_sample(OVERFLOW_FRAME, values, &labels);
-            continue;
-        }
         // Go's `bytes` label: the record's average sampled object size (exact for a site
-        // with one size; within its size class, 12.5%, otherwise).
+        // with one size; within its size class, 12.5%, otherwise). Not on what did not fit
+        // (size class 0).
         if c.class > 0 && c.alloc_count > 0 {
             labels.push(Label::Num {
                 key: "bytes".into(),
@@ -309,7 +297,7 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
                 unit: None,
             });
         }
-        b.add_sample(&r.stack, false, values, &labels);
+        add_group(&mut b, &r.stack, values, &labels);
     }
     b.write_gzip(w)
 }
@@ -322,7 +310,7 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
 pub fn write_text<W: Write>(w: W, view: HeapView) -> io::Result<()> {
     let _guard = tls::ProfilerGuard::enter();
     let (records, stats) = snapshot(view);
-    let overflow_stack = [table_overflow as fn() as usize + 1];
+    let overflow = overflow_stack();
     let rows: Vec<HeapRecord> = records
         .iter()
         .map(|r| HeapRecord {
@@ -330,11 +318,7 @@ pub fn write_text<W: Write>(w: W, view: HeapView) -> io::Result<()> {
             inuse_bytes: to_i64(r.c.alloc_bytes.saturating_sub(r.c.free_bytes)),
             alloc_objects: to_i64(r.c.alloc_count),
             alloc_bytes: to_i64(r.c.alloc_bytes),
-            stack: if r.overflow {
-                &overflow_stack
-            } else {
-                &r.stack
-            },
+            stack: stack_or(&r.stack, &overflow),
         })
         .collect();
     let mut lines = stats.lines();

@@ -22,17 +22,18 @@
 //! events, which the text's readers multiply by the sampling period (as Go 1.19 writes them).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::alloc::stack_table::OVERFLOW_STACK;
 use crate::pprof::builder::ProfileBuilder;
+use crate::pprof::stack_groups::{add_group, merge_by_stack, overflow_stack, stack_or, Frames};
 use crate::pprof::symbolize::Symbolizer;
 use crate::pprof::text::{self, ContentionRecord};
 use crate::unwind::{self, MAX_DEPTH};
-use crate::{alloc::tables, base::sys, base::tls, profiles::block, profiles::heap};
+use crate::{alloc::tables, base::sys, base::tls, profiles::block};
 
 /// The mutex profile fraction; 0 = off.
 static FRACTION: AtomicUsize = AtomicUsize::new(0);
@@ -129,26 +130,27 @@ pub fn is_release_frame(name: &str) -> bool {
 
 /// One record to write: frames (`None`: did not fit the stack table) and its values.
 struct Row {
-    stack: Option<Vec<usize>>,
+    stack: Frames,
     rec: Rec,
 }
 
 fn rows() -> Vec<Row> {
     let copy: Vec<(u32, Rec)> = records_lock().iter().map(|(&k, &v)| (k, v)).collect();
     let stacks = tables::get_if_created().map(|t| &t.stacks);
-    let mut merged: HashMap<Option<Vec<usize>>, Rec> = HashMap::new();
-    let mut frames = Vec::new();
-    for (id, r) in copy {
-        let ok = id != OVERFLOW_STACK && stacks.is_some_and(|t| t.read(id, &mut frames));
-        let e = merged.entry(ok.then(|| frames.clone())).or_default();
-        e.samples += r.samples;
-        e.sampled_ns = e.sampled_ns.saturating_add(r.sampled_ns);
-        e.count = e.count.saturating_add(r.count);
-        e.delay_ns = e.delay_ns.saturating_add(r.delay_ns);
-    }
+    let merged = merge_by_stack(
+        copy,
+        stacks,
+        |_, _| (),
+        |e: &mut Rec, r| {
+            e.samples += r.samples;
+            e.sampled_ns = e.sampled_ns.saturating_add(r.sampled_ns);
+            e.count = e.count.saturating_add(r.count);
+            e.delay_ns = e.delay_ns.saturating_add(r.delay_ns);
+        },
+    );
     let mut out: Vec<Row> = merged
         .into_iter()
-        .map(|(stack, rec)| Row { stack, rec })
+        .map(|(stack, (), rec)| Row { stack, rec })
         .collect();
     // Go sorts by cycles, descending.
     out.sort_by(|a, b| {
@@ -180,20 +182,17 @@ pub fn write(w: &mut dyn Write, debug: u8) -> io::Result<()> {
         b.add_comment(&format!("mutex profile fraction = {}", fraction()));
         for r in &rows {
             let values = [clamp(r.rec.count), clamp(r.rec.delay_ns)];
-            match &r.stack {
-                None => b.add_pseudo_sample(heap::OVERFLOW_FRAME, &values, &[]),
-                Some(s) => b.add_sample(s, false, &values, &[]),
-            }
+            add_group(&mut b, &r.stack, &values, &[]);
         }
         return b.write_gzip(w);
     }
-    let overflow = [heap::table_overflow as fn() as usize + 1];
+    let overflow = overflow_stack();
     let text_rows: Vec<ContentionRecord> = rows
         .iter()
         .map(|r| ContentionRecord {
             count: clamp(r.rec.samples),
             delay_ns: clamp(r.rec.sampled_ns),
-            stack: r.stack.as_deref().unwrap_or(&overflow),
+            stack: stack_or(&r.stack, &overflow),
         })
         .collect();
     text::write_contention_text_with(

@@ -198,7 +198,7 @@ fn write_proto(w: &mut dyn Write, name: &str, threads: &[ThreadStack]) -> io::Re
         }];
         if stack.is_empty() {
             b.add_pseudo_sample(
-                crate::pprof::count_writer::EMPTY_STACK_FRAME,
+                crate::pprof::stack_groups::EMPTY_STACK_FRAME,
                 &[*count],
                 &labels,
             );
