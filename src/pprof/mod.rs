@@ -2,6 +2,7 @@
 //! reader. Protobuf messages ([`proto`]), the profile builder ([`builder`]), symbolization
 //! ([`symbolize`]), `/proc/self/maps` and ELF build IDs ([`maps`], [`elf`]), the legacy
 //! `debug=1` text formats ([`text`]), stacks merged and the pseudo-frames ([`stack_groups`]),
+//! helpers for trimming policies ([`trim`]),
 //! the count-profile writer ([`count_writer`]), reading profiles back ([`read`]) and delta
 //! profiles ([`delta`]). Knows no profile kind.
 //!
@@ -19,3 +20,4 @@ pub(crate) mod read;
 pub(crate) mod stack_groups;
 pub mod symbolize;
 pub mod text;
+pub(crate) mod trim;

@@ -27,6 +27,7 @@ use crate::pprof::builder::ProfileBuilder;
 use crate::pprof::stack_groups::{add_group, merge_by_stack, overflow_stack, stack_or, Frames};
 use crate::pprof::symbolize::Symbolizer;
 use crate::pprof::text::{self, ContentionRecord};
+use crate::pprof::trim::path_starts_with_any;
 use crate::unwind::{self, MAX_DEPTH};
 use crate::{alloc::tables, base::sys, base::tls};
 
@@ -104,8 +105,7 @@ pub fn count() -> usize {
 
 /// Leading frames of a recorded stack that are heaprof's locking machinery.
 pub fn is_lock_frame(name: &str) -> bool {
-    let n = name.strip_prefix('<').unwrap_or(name);
-    n.starts_with("heaprof::") || n.starts_with("core::ops::function::")
+    path_starts_with_any(name, &["heaprof::", "core::ops::function::"])
 }
 
 /// One record to write: frames (`None`: did not fit the stack table), count, delay.

@@ -32,6 +32,7 @@ use crate::pprof::builder::ProfileBuilder;
 use crate::pprof::stack_groups::{add_group, merge_by_stack, overflow_stack, stack_or, Frames};
 use crate::pprof::symbolize::Symbolizer;
 use crate::pprof::text::{self, ContentionRecord};
+use crate::pprof::trim::path_starts_with_any;
 use crate::unwind::{self, MAX_DEPTH};
 use crate::{alloc::tables, base::sys, base::tls, profiles::block};
 
@@ -122,10 +123,8 @@ pub fn count() -> usize {
 /// Leading frames of a recorded stack that are the release machinery: heaprof's, and the drop
 /// glue or `drop(guard)` that ran the guard's destructor.
 pub fn is_release_frame(name: &str) -> bool {
-    let n = name.strip_prefix('<').unwrap_or(name);
     block::is_lock_frame(name)
-        || n.starts_with("core::ptr::drop_in_place")
-        || n.starts_with("core::mem::drop")
+        || path_starts_with_any(name, &["core::ptr::drop_in_place", "core::mem::drop"])
 }
 
 /// One record to write: frames (`None`: did not fit the stack table) and its values.

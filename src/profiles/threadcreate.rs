@@ -49,6 +49,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::alloc::stack_table::{StackSlot, StackTable, OVERFLOW_STACK};
 use crate::base::sys;
+use crate::pprof::trim::path_starts_with_any;
 
 /// Distinct creation stacks the count table holds.
 pub const TABLE_SLOTS: usize = 1024;
@@ -212,8 +213,7 @@ pub fn is_spawn_frame(name: &str) -> bool {
         "alloc::",
         "pthread_create",
     ];
-    let n = name.strip_prefix('<').unwrap_or(name);
-    PREFIXES.iter().any(|p| n.starts_with(p))
+    path_starts_with_any(name, PREFIXES)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu", not(heaprof_sanitizer)))]

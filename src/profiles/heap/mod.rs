@@ -12,16 +12,17 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::alloc::buckets::BucketSnapshot;
-use crate::base::sampler::OBJECT_WEIGHT_ONE;
 use crate::pprof::builder::{Label, ProfileBuilder};
-use crate::pprof::stack_groups::{add_group, merge_by_stack, overflow_stack, stack_or, Frames};
+use crate::pprof::stack_groups::{add_group, overflow_stack, stack_or};
 use crate::pprof::symbolize::Symbolizer;
 use crate::pprof::text::{self, HeapRecord};
-use crate::{
-    alloc::labels, alloc::peak, alloc::sampled_block, alloc::tables, base::config, base::sys,
-    base::tls, profiles::rss,
-};
+
+mod allocator_frames;
+mod snapshot;
+
+use crate::{alloc::labels, alloc::peak, base::config, base::sys, base::tls, profiles::rss};
+pub use allocator_frames::is_allocator_frame;
+use snapshot::{fixed_to_count, snapshot, to_i64, Record};
 
 /// Which view of the heap data to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,197 +35,28 @@ pub enum HeapView {
     Peak,
 }
 
-/// One record of the snapshot: a stack (`None`: it did not fit), one object size, and its
-/// counters merged over duplicate stack ids.
-struct Record {
-    stack: Frames,
-    c: BucketSnapshot,
-}
-
-/// Table usage and loss counters, shown in both formats.
-struct Stats {
-    stacks_used: usize,
-    stacks_capacity: usize,
-    stacks_overflowed: u64,
-    buckets_used: usize,
-    buckets_capacity: usize,
-    buckets_overflowed: u64,
-    arena_committed: usize,
-    /// (bytes live blocks may have touched, bytes retained, blocks refused).
-    large: (usize, usize, u64),
-    invalid_frees: u64,
-}
-
-impl Stats {
-    fn lines(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("heaprof.sample_rate", config::sample_rate().to_string()),
-            (
-                "heaprof.stacks",
-                format!("{} of {}", self.stacks_used, self.stacks_capacity),
-            ),
-            (
-                "heaprof.stacks_overflowed",
-                self.stacks_overflowed.to_string(),
-            ),
-            (
-                "heaprof.buckets",
-                format!("{} of {}", self.buckets_used, self.buckets_capacity),
-            ),
-            (
-                "heaprof.buckets_overflowed",
-                self.buckets_overflowed.to_string(),
-            ),
-            (
-                "heaprof.arena_committed",
-                format!(
-                    "{} of {}",
-                    self.arena_committed,
-                    crate::alloc::arena::RESERVE_BYTES
-                ),
-            ),
-            (
-                "heaprof.large_region",
-                format!(
-                    "{} live, {} retained, of {} reserved",
-                    self.large.0,
-                    self.large.1,
-                    crate::alloc::large_region::reserved()
-                ),
-            ),
-            ("heaprof.samples_without_room", self.large.2.to_string()),
-            ("heaprof.invalid_frees", self.invalid_frees.to_string()),
-        ]
-    }
-}
-
-fn snapshot(view: HeapView) -> (Vec<Record>, Stats) {
-    let mut stats = Stats {
-        stacks_used: 0,
-        stacks_capacity: 0,
-        stacks_overflowed: 0,
-        buckets_used: 0,
-        buckets_capacity: 0,
-        buckets_overflowed: 0,
-        arena_committed: crate::alloc::arena::committed(),
-        large: crate::alloc::large_region::stats(),
-        invalid_frees: sampled_block::invalid_frees(),
-    };
-    let Some(t) = tables::get_if_created() else {
-        return (Vec::new(), stats);
-    };
-    stats.stacks_used = t.stacks.used();
-    stats.stacks_capacity = t.stacks.capacity();
-    stats.stacks_overflowed = t.stacks.overflowed();
-    stats.buckets_used = t.buckets.used();
-    stats.buckets_capacity = t.buckets.capacity();
-    stats.buckets_overflowed = t.buckets.overflowed();
-
-    let buckets = t.buckets.snapshot().into_iter().filter_map(|(id, mut b)| {
-        if view == HeapView::Peak {
-            // At the peak: what was in use then, as if allocated and never freed.
-            let (objects_w, bytes_w, count, bytes) = peak::read(t.peak, id);
-            b.alloc_objects_w = objects_w;
-            b.alloc_bytes_w = bytes_w;
-            b.alloc_count = count;
-            b.alloc_bytes = bytes;
-            (b.free_objects_w, b.free_bytes_w, b.free_count, b.free_bytes) = (0, 0, 0, 0);
-            if count == 0 {
-                return None;
-            }
-        }
-        Some((b.stack, b))
-    });
-    // One record per stack, size class (0 for what did not fit) and label set.
-    let merged = merge_by_stack(
-        buckets,
-        Some(&t.stacks),
-        |b, resolved| (if resolved { b.class } else { 0 }, b.labels),
-        add_counters,
-    );
-    let mut records: Vec<Record> = merged
-        .into_iter()
-        .map(|(stack, (class, labels), mut c)| {
-            (c.class, c.labels) = (class, labels);
-            Record { stack, c }
-        })
-        .collect();
-    // Deterministic order: largest in-use first, then by stack, size and labels.
-    records.sort_by(|a, b| {
-        let ia = a.c.alloc_bytes_w.saturating_sub(a.c.free_bytes_w);
-        let ib = b.c.alloc_bytes_w.saturating_sub(b.c.free_bytes_w);
-        ib.cmp(&ia)
-            .then_with(|| a.stack.cmp(&b.stack))
-            .then(a.c.class.cmp(&b.c.class))
-            .then(a.c.labels.cmp(&b.c.labels))
-    });
-    (records, stats)
-}
-
-/// Adds `b`'s counters into `sum`'s, saturating.
-fn add_counters(sum: &mut BucketSnapshot, b: BucketSnapshot) {
-    for (s, v) in [
-        (&mut sum.alloc_count, b.alloc_count),
-        (&mut sum.alloc_bytes, b.alloc_bytes),
-        (&mut sum.free_count, b.free_count),
-        (&mut sum.free_bytes, b.free_bytes),
-        (&mut sum.alloc_objects_w, b.alloc_objects_w),
-        (&mut sum.alloc_bytes_w, b.alloc_bytes_w),
-        (&mut sum.free_objects_w, b.free_objects_w),
-        (&mut sum.free_bytes_w, b.free_bytes_w),
-    ] {
-        *s = s.saturating_add(v);
-    }
-}
-
-/// Leading (leaf-side) frames that belong to the allocation machinery rather than to the
-/// code that asked for memory: heaprof itself, the `__rust_alloc` shims, and the standard
-/// library's collections and allocation plumbing (`alloc::`, `core::`, hashbrown — what
-/// Go's `runtime.*` allocation frames are to Go). Stripped so the top frame is the
-/// allocating function; a stack made only of such frames is kept whole.
-pub fn is_allocator_frame(name: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "heaprof::",
-        "__rustc::",
-        "__rust_alloc",
-        "__rust_realloc",
-        "__rust_alloc_zeroed",
-        "__rdl_",
-        "__rg_",
-        "alloc::",
-        "core::",
-        "hashbrown::",
-        "std::alloc::",
-        "std::sys::alloc::",
-        "std::collections::",
-    ];
-    let matches = |n: &str| PREFIXES.iter().any(|p| n.starts_with(p));
-    match name.strip_prefix('<') {
-        // `<Type as Trait>::method`: machinery if either side is.
-        Some(qualified) => {
-            let (ty, tr) = qualified.split_once(" as ").unwrap_or((qualified, ""));
-            // A generic receiver (`<T as alloc::…>`) is judged by its trait; a concrete
-            // type by its own path, so user impls of core traits stay.
-            matches(ty) || (!ty.contains("::") && matches(tr))
-        }
-        None => matches(name),
-    }
-}
-
-fn fixed_to_count(v: u64) -> i64 {
-    to_i64(v.saturating_add(OBJECT_WEIGHT_ONE / 2) / OBJECT_WEIGHT_ONE)
-}
-
-/// A counter as a profile value: saturated at `i64::MAX` rather than wrapped negative.
-fn to_i64(v: u64) -> i64 {
-    v.min(i64::MAX as u64) as i64
-}
-
 /// Writes the heap profile as gzip-compressed pprof protobuf.
 pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
     let _guard = tls::ProfilerGuard::enter();
     let (records, stats) = snapshot(view);
-    let rate = config::sample_rate();
+    let mut b = builder_for(view);
+    for (k, v) in stats
+        .lines()
+        .into_iter()
+        .chain(rss::Breakdown::take().lines())
+    {
+        b.add_comment(&format!("{k}: {v}"));
+    }
+    let mut label_sets = LabelSets::default();
+    for r in &records {
+        add_record(&mut b, view, r, &mut label_sets);
+    }
+    b.write_gzip(w)
+}
+
+/// A profile of `view`'s sample types, period and time (the peak's, for `heap_peak`, with a
+/// comment saying how it was recorded), trimming the allocator's frames.
+fn builder_for(view: HeapView) -> ProfileBuilder {
     let types: &[(&str, &str)] = if view == HeapView::Peak {
         &[("inuse_objects", "count"), ("inuse_space", "bytes")]
     } else {
@@ -235,7 +67,7 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
             ("inuse_space", "bytes"),
         ]
     };
-    let mut b = ProfileBuilder::new(types, ("space", "bytes"), rate as i64);
+    let mut b = ProfileBuilder::new(types, ("space", "bytes"), config::sample_rate() as i64);
     b.set_trim_leading(is_allocator_frame);
     match view {
         HeapView::InUse => b.set_time_nanos(sys::now_unix_nanos()),
@@ -254,52 +86,49 @@ pub fn write_proto<W: Write>(w: W, view: HeapView) -> io::Result<()> {
             ));
         }
     }
-    for (k, v) in stats
-        .lines()
-        .into_iter()
-        .chain(rss::Breakdown::take().lines())
-    {
-        b.add_comment(&format!("{k}: {v}"));
+    b
+}
+
+/// Label sets as pprof labels, by id, each converted once per profile.
+type LabelSets = HashMap<u32, Vec<Label>>;
+
+/// Adds one record: its values for `view`, its label set and Go's `bytes` label.
+fn add_record(b: &mut ProfileBuilder, view: HeapView, r: &Record, label_sets: &mut LabelSets) {
+    let c = &r.c;
+    let inuse = [
+        fixed_to_count(c.alloc_objects_w.saturating_sub(c.free_objects_w)),
+        to_i64(c.alloc_bytes_w.saturating_sub(c.free_bytes_w)),
+    ];
+    let all = [
+        fixed_to_count(c.alloc_objects_w),
+        to_i64(c.alloc_bytes_w),
+        inuse[0],
+        inuse[1],
+    ];
+    let values: &[i64] = if view == HeapView::Peak { &inuse } else { &all };
+    let mut labels = label_sets
+        .entry(c.labels)
+        .or_insert_with(|| {
+            labels::pairs(c.labels)
+                .iter()
+                .map(|(k, v)| Label::Str {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect()
+        })
+        .clone();
+    // Go's `bytes` label: the record's average sampled object size (exact for a site with
+    // one size; within its size class, 12.5%, otherwise). Not on what did not fit (size
+    // class 0).
+    if c.class > 0 && c.alloc_count > 0 {
+        labels.push(Label::Num {
+            key: "bytes".into(),
+            value: to_i64(c.alloc_bytes.saturating_add(c.alloc_count / 2) / c.alloc_count),
+            unit: None,
+        });
     }
-    let mut label_sets: HashMap<u32, Vec<Label>> = HashMap::new();
-    for r in &records {
-        let c = &r.c;
-        let inuse = [
-            fixed_to_count(c.alloc_objects_w.saturating_sub(c.free_objects_w)),
-            to_i64(c.alloc_bytes_w.saturating_sub(c.free_bytes_w)),
-        ];
-        let all = [
-            fixed_to_count(c.alloc_objects_w),
-            to_i64(c.alloc_bytes_w),
-            inuse[0],
-            inuse[1],
-        ];
-        let values: &[i64] = if view == HeapView::Peak { &inuse } else { &all };
-        let mut labels = label_sets
-            .entry(c.labels)
-            .or_insert_with(|| {
-                labels::pairs(c.labels)
-                    .iter()
-                    .map(|(k, v)| Label::Str {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect()
-            })
-            .clone();
-        // Go's `bytes` label: the record's average sampled object size (exact for a site
-        // with one size; within its size class, 12.5%, otherwise). Not on what did not fit
-        // (size class 0).
-        if c.class > 0 && c.alloc_count > 0 {
-            labels.push(Label::Num {
-                key: "bytes".into(),
-                value: to_i64(c.alloc_bytes.saturating_add(c.alloc_count / 2) / c.alloc_count),
-                unit: None,
-            });
-        }
-        add_group(&mut b, &r.stack, values, &labels);
-    }
-    b.write_gzip(w)
+    add_group(b, &r.stack, values, &labels);
 }
 
 /// Writes the heap profile as Go's legacy text (`debug = 1`): raw sampled counts, which
@@ -344,33 +173,4 @@ pub fn record_count() -> usize {
 pub fn peak_record_count() -> usize {
     let _guard = tls::ProfilerGuard::enter();
     snapshot(HeapView::Peak).0.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allocator_frames_are_recognised() {
-        for n in [
-            "heaprof::alloc::ProfilingAllocator<A>::alloc_sampled",
-            "<heaprof::alloc::ProfilingAllocator<A> as core::alloc::global::GlobalAlloc>::alloc",
-            "__rustc::__rust_alloc",
-            "__rust_alloc",
-            "alloc::raw_vec::RawVecInner<A>::finish_grow",
-            "alloc::alloc::exchange_malloc",
-            "alloc::string::String::push_str",
-            "<T as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
-            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
-        ] {
-            assert!(is_allocator_frame(n), "{n}");
-        }
-        for n in [
-            "quickstart::make_strings",
-            "<quickstart::Cache as core::default::Default>::default",
-            "main",
-        ] {
-            assert!(!is_allocator_frame(n), "{n}");
-        }
-    }
 }
