@@ -13,14 +13,20 @@
 //!   Each busy thread is sampled in proportion to its own CPU time. If `timer_create` fails
 //!   for a live thread the profile falls back to `setitimer(ITIMER_PROF)` (the comment says
 //!   so).
-//! - **Handler** ([`on_sigprof`]): saves `errno`; drops signals not from this profile's
+//! - **Handler** ([`handler`]): saves `errno`; drops signals not from this profile's
 //!   timers; gives a thread without known stack bounds its bounds from a `/proc/self/maps`
 //!   snapshot ([`stacks`]); captures with `unwind::capture_from_ucontext` (leaf = the
-//!   interrupted PC) straight into a ring slot; a full ring counts a lost sample.
-//! - **Drain thread**: every tick pops the ring into a map keyed by (thread name, stack),
-//!   reading names from `/proc/self/task/<tid>/comm` when a tid's first sample arrives.
+//!   interrupted PC) straight into a ring slot ([`ring`]); a full ring, or too little of an
+//!   alternate signal stack left, counts a lost sample.
+//! - **Drain thread** ([`drain`]): every tick pops the ring into a map keyed by (thread
+//!   name, label set, stack), reading names from `/proc/self/task/<tid>/comm` when a tid's
+//!   first sample arrives.
 //! - **Stop**: deletes timers, waits for handlers in flight, drains, symbolizes and writes
-//!   the gzip pprof (Go's layout: `samples/count`, `cpu/nanoseconds`, label `thread`).
+//!   the gzip pprof ([`encode`]; Go's layout: `samples/count`, `cpu/nanoseconds`, label
+//!   `thread`).
+//!
+//! This file holds the session: starting ([`start_cpu_profile`]: ring, handler, timers,
+//! drain thread), stopping, and the fork hooks.
 //!
 //! The handler stays installed after stop (a signal still queued from a deleted timer must
 //! not hit the default action, which kills the process); stray SIGPROFs are ignored. A
@@ -31,26 +37,30 @@
 //! child's hooks forget the session (nothing of it is ever written from the child) and reset
 //! the flags, the ring and the stack snapshot; the child can start a profile of its own.
 
+mod drain;
+mod encode;
 mod guard;
+mod handler;
 pub(crate) mod ring;
 mod stacks;
 mod timers;
 
+use drain::Drain;
 pub use guard::CpuProfile;
+pub use handler::handler_stats;
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::base::error::Error;
-use crate::pprof::builder::{Label, ProfileBuilder};
 use crate::profiles::cpu::ring::Ring;
-use crate::{alloc::labels, base::sys, base::tls, unwind};
+use crate::{base::sys, base::tls, unwind};
 
 /// Go's default CPU profile rate, in Hz.
 pub const DEFAULT_CPU_PROFILE_RATE: u32 = 100;
@@ -80,9 +90,6 @@ static GENERATION: AtomicU32 = AtomicU32::new(0);
 /// The profile runs on `setitimer(ITIMER_PROF)` (accept `SI_KERNEL` signals).
 static ITIMER_MODE: AtomicBool = AtomicBool::new(false);
 static RING: AtomicPtr<Ring> = AtomicPtr::new(core::ptr::null_mut());
-/// Handler statistics for the current profile: samples taken, ns spent capturing.
-static HANDLER_SAMPLES: AtomicU64 = AtomicU64::new(0);
-static HANDLER_NANOS: AtomicU64 = AtomicU64::new(0);
 /// Test knob: start in `setitimer` mode as if per-thread timers had failed.
 static FORCE_ITIMER: AtomicBool = AtomicBool::new(false);
 
@@ -278,8 +285,29 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
         ));
     }
     let _guard = tls::ProfilerGuard::enter();
-    let period_ns = 1_000_000_000 / u64::from(hz);
     unwind::global_init();
+    let ring = empty_ring()?;
+    sys::install_sigaction(libc::SIGPROF, handler::on_sigprof)
+        .map_err(|e| Error::errno("sigaction(SIGPROF)", e))?;
+    let generation = GENERATION.fetch_add(1, SeqCst).wrapping_add(1);
+    let drain = arm(ring, hz, generation)?;
+    let stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let stop2 = Arc::clone(&stop);
+    let drain = std::thread::Builder::new()
+        .name("heaprof-cpu".into())
+        .spawn(move || drain.run(&stop2, w))
+        .map_err(|e| abort_start(Error::os("spawning the heaprof-cpu thread", e)))?;
+    sessions.running = Some(Session {
+        generation,
+        guarded,
+        stop,
+        drain,
+    });
+    Ok(generation)
+}
+
+/// The sample ring (mapped by the first profile, kept for the next ones), emptied.
+fn empty_ring() -> Result<&'static Ring, Error> {
     let ring = match RING.load(Acquire) {
         p if !p.is_null() => p,
         _ => {
@@ -299,13 +327,15 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
     let ring: &'static Ring = unsafe { &*ring };
     while ring.pop_with(|_, _, _| {}) {}
     ring.take_lost();
-    sys::install_sigaction(libc::SIGPROF, on_sigprof)
-        .map_err(|e| Error::errno("sigaction(SIGPROF)", e))?;
+    Ok(ring)
+}
 
-    let generation = GENERATION.fetch_add(1, SeqCst).wrapping_add(1);
-    HANDLER_SAMPLES.store(0, Relaxed);
-    NO_STACK_SAMPLES.store(0, Relaxed);
-    HANDLER_NANOS.store(0, Relaxed);
+/// Raises the flags and arms a timer on every thread (or the process timer): from here on
+/// the handler records samples of profile `generation` into `ring`. Returns the drain
+/// state that owns the timers.
+fn arm(ring: &'static Ring, hz: u32, generation: u32) -> Result<Drain, Error> {
+    let period_ns = 1_000_000_000 / u64::from(hz);
+    handler::reset_stats();
     let adopted_before = stacks::ADOPTED.load(Relaxed);
     let unwind_before = unwind::stats();
     let mut timers = timers::Timers::new(period_ns, generation);
@@ -322,14 +352,11 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
             .fall_back(timers::Fallback { tid: 0, errno: 0 })
             .map_err(|e| abort_start(Error::errno("setitimer(ITIMER_PROF)", e)))?;
     }
-    let tids = timers::list_tids();
-    timers.sync(&tids, &mut known);
+    timers.sync(&timers::list_tids(), &mut known);
     if timers.fallback.is_some() {
         ITIMER_MODE.store(true, SeqCst);
     }
-
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let state = Drain {
+    Ok(Drain {
         ring,
         timers,
         known,
@@ -342,19 +369,7 @@ fn start_session(w: Box<dyn Sink>, guarded: bool) -> Result<u32, Error> {
         agg: HashMap::new(),
         names: HashMap::new(),
         samples_drained: 0,
-    };
-    let stop2 = Arc::clone(&stop);
-    let drain = std::thread::Builder::new()
-        .name("heaprof-cpu".into())
-        .spawn(move || state.run(&stop2, w))
-        .map_err(|e| abort_start(Error::os("spawning the heaprof-cpu thread", e)))?;
-    sessions.running = Some(Session {
-        generation,
-        guarded,
-        stop,
-        drain,
-    });
-    Ok(generation)
+    })
 }
 
 /// Undo a half-done start (timers are deleted when the `Timers` value drops).
@@ -443,247 +458,4 @@ fn finish(generation: u32) -> Option<Outcome> {
 #[doc(hidden)]
 pub fn force_setitimer_fallback(on: bool) {
     FORCE_ITIMER.store(on, SeqCst);
-}
-
-// ---------------------------------------------------------------------------------------
-// Signal handler
-
-/// The SIGPROF handler. Async-signal-safe: atomics, TLS loads, `gettid`, `clock_gettime`
-/// (vDSO), `mincore`, and the unwinder's signal-safe capture into a preallocated ring slot.
-extern "C" fn on_sigprof(_sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    let saved = sys::errno();
-    IN_HANDLER.fetch_add(1, SeqCst);
-    if RUNNING.load(SeqCst) && !info.is_null() {
-        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
-        let code = unsafe { (*info).si_code };
-        let tid = if code == libc::SI_TIMER {
-            // SAFETY: SI_TIMER signals carry the timer's sigev_value in the _rt/_timer union
-            // member (same offset), which libc's si_value reads.
-            let v = unsafe { (*info).si_value().sival_ptr } as usize;
-            let (generation, tid) = timers::decode_value(v);
-            (generation == GENERATION.load(Relaxed)).then_some(tid)
-        } else if code == libc::SI_KERNEL && ITIMER_MODE.load(Relaxed) {
-            Some(sys::gettid())
-        } else {
-            None
-        };
-        match tid {
-            Some(_) if sys::altstack_headroom().is_some_and(|r| r < HANDLER_STACK_NEEDED) => {
-                lost_without_stack()
-            }
-            Some(tid) => record(tid, uc),
-            None => {}
-        }
-    }
-    IN_HANDLER.fetch_sub(1, SeqCst);
-    sys::set_errno(saved);
-}
-
-/// The stack [`record`] needs below the handler's frame, at least (the frame-pointer walk;
-/// the DWARF walk is used only with more, see `unwind::capture_from_ucontext`). Debug builds
-/// take several times the stack of release builds.
-const HANDLER_STACK_NEEDED: usize = if cfg!(debug_assertions) { 16 } else { 6 } * 1024;
-
-/// Samples dropped since the last start because the handler ran on an alternate signal stack
-/// with less than [`HANDLER_STACK_NEEDED`] left (it interrupted another handler running there).
-static NO_STACK_SAMPLES: AtomicU64 = AtomicU64::new(0);
-
-/// A SIGPROF that interrupted a signal handler running on this thread's alternate signal
-/// stack, with too little of it left to capture a stack on: counted as a lost sample (the
-/// profile's `lost_profile_event`), never a stack overflow.
-#[cold]
-fn lost_without_stack() {
-    NO_STACK_SAMPLES.fetch_add(1, Relaxed);
-    let ring = RING.load(Acquire);
-    if !ring.is_null() {
-        // SAFETY: a non-null RING is a leaked `&'static Ring`.
-        unsafe { &*ring }.count_lost();
-    }
-}
-
-/// Captures one sample for `tid` from the interrupted context `uc`.
-fn record(tid: i32, uc: *mut libc::c_void) {
-    let t0 = sys::monotonic_nanos();
-    let ring = RING.load(Acquire);
-    if ring.is_null() || uc.is_null() {
-        return;
-    }
-    // SAFETY: a non-null RING is a leaked `&'static Ring`.
-    let ring = unsafe { &*ring };
-    // SAFETY: `uc` is the handler's third argument: a valid ucontext_t of this thread.
-    let sp =
-        unsafe { (*(uc as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RSP as usize] };
-    stacks::adopt_for_current_thread(sp as usize);
-    // The labels in force on the interrupted thread (a TLS load: async-signal-safe).
-    let labels = tls::with(|t| t.labels.get());
-    ring.push_with(tid, labels, |frames| {
-        // SAFETY: `uc` is this handler's ucontext for this thread (see above).
-        unsafe { unwind::capture_from_ucontext(uc, frames) }
-    });
-    HANDLER_SAMPLES.fetch_add(1, Relaxed);
-    HANDLER_NANOS.fetch_add(sys::monotonic_nanos().saturating_sub(t0), Relaxed);
-}
-
-// ---------------------------------------------------------------------------------------
-// Drain thread and writer
-
-/// What CPU samples are aggregated by: thread name, label set id, stack.
-type SampleKey = (Arc<str>, u32, Box<[usize]>);
-
-struct Drain {
-    ring: &'static Ring,
-    timers: timers::Timers,
-    known: HashSet<i32>,
-    period_ns: i64,
-    hz: u32,
-    start_nanos: i64,
-    start_mono: u64,
-    adopted_before: usize,
-    unwind_before: unwind::UnwindStats,
-    /// (thread name, label set, stack) → samples.
-    agg: HashMap<SampleKey, i64>,
-    /// tid → thread name, read at the tid's first sample.
-    names: HashMap<i32, Arc<str>>,
-    samples_drained: u64,
-}
-
-fn read_comm(tid: i32) -> Option<Arc<str>> {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
-    Some(Arc::from(s.trim_end_matches('\n')))
-}
-
-impl Drain {
-    fn run(mut self, stop: &(Mutex<bool>, Condvar), mut w: Box<dyn Sink>) -> Outcome {
-        let _guard = tls::ProfilerGuard::enter();
-        let (flag, cv) = stop;
-        loop {
-            let stopping = {
-                let g = flag.lock().unwrap_or_else(|e| e.into_inner());
-                let (g, _) = cv
-                    .wait_timeout_while(g, DRAIN_TICK, |s| !*s)
-                    .unwrap_or_else(|e| e.into_inner());
-                *g
-            };
-            self.drain_ring();
-            if stopping {
-                break;
-            }
-            self.rescan();
-        }
-        self.timers.delete_all();
-        RUNNING.store(false, SeqCst);
-        while IN_HANDLER.load(SeqCst) != 0 {
-            std::thread::yield_now();
-        }
-        self.drain_ring();
-        let duration = sys::monotonic_nanos().saturating_sub(self.start_mono) as i64;
-        self.write(&mut w, duration)?;
-        Ok(w)
-    }
-
-    /// New threads: refresh the stack snapshot first (their stacks must be in it before
-    /// their first sample), then arm their timers; exited threads lose theirs.
-    fn rescan(&mut self) {
-        let tids = timers::list_tids();
-        let any_new = tids.iter().any(|t| !self.known.contains(t));
-        if any_new || stacks::refresh_wanted() {
-            stacks::refresh();
-        }
-        let was_fallback = self.timers.fallback.is_some();
-        for tid in self.timers.sync(&tids, &mut self.known) {
-            if let Some(n) = read_comm(tid) {
-                self.names.entry(tid).or_insert(n);
-            }
-        }
-        if !was_fallback && self.timers.fallback.is_some() {
-            ITIMER_MODE.store(true, SeqCst);
-        }
-    }
-
-    fn drain_ring(&mut self) {
-        let mut batch: Vec<(i32, u32, Box<[usize]>)> = Vec::new();
-        while self
-            .ring
-            .pop_with(|tid, labels, frames| batch.push((tid, labels, frames.into())))
-        {}
-        for (tid, labels, stack) in batch {
-            self.samples_drained += 1;
-            let name = self.name_of(tid);
-            *self.agg.entry((name, labels, stack)).or_insert(0) += 1;
-        }
-    }
-
-    /// The name for `tid`: read when its first sample arrives (by then the thread has
-    /// usually named itself), else the name seen at the scan, else `tid-N`.
-    fn name_of(&mut self, tid: i32) -> Arc<str> {
-        if let Some(n) = self.names.get(&tid) {
-            return n.clone();
-        }
-        let n = read_comm(tid).unwrap_or_else(|| Arc::from(format!("tid-{tid}")));
-        self.names.insert(tid, n.clone());
-        n
-    }
-
-    fn write(self, w: &mut dyn Write, duration: i64) -> io::Result<()> {
-        let lost = self.ring.take_lost() as i64;
-        let mut b = ProfileBuilder::new(
-            &[("samples", "count"), ("cpu", "nanoseconds")],
-            ("cpu", "nanoseconds"),
-            self.period_ns,
-        );
-        b.set_time_nanos(self.start_nanos);
-        b.set_duration_nanos(duration);
-        match &self.timers.fallback {
-            None => b.add_comment(&format!(
-                "heaprof cpu: {} Hz per-thread CPU-time timers (timer_create, SIGEV_THREAD_ID); {} threads covered",
-                self.hz, self.timers.created
-            )),
-            Some(f) if f.tid == 0 => b.add_comment(&format!(
-                "heaprof cpu: {} Hz setitimer(ITIMER_PROF) (forced): busy threads may be under-sampled",
-                self.hz
-            )),
-            Some(f) => b.add_comment(&format!(
-                "heaprof cpu: {} Hz setitimer(ITIMER_PROF) fallback: timer_create failed for thread {} (errno {}); busy threads may be under-sampled",
-                self.hz, f.tid, f.errno
-            )),
-        }
-        let taken = HANDLER_SAMPLES.load(Relaxed);
-        let nanos = HANDLER_NANOS.load(Relaxed);
-        let after = unwind::stats();
-        b.add_comment(&format!(
-            "heaprof cpu: {} samples taken, {} drained, {} lost ({} of them interrupting a handler on a nearly full alternate signal stack, the others to a full ring), handler mean {} ns/sample, {} threads given stack bounds from /proc/self/maps, {} leaf-only (no stack bounds), {} frame-pointer walks",
-            taken,
-            self.samples_drained,
-            lost,
-            NO_STACK_SAMPLES.load(Relaxed),
-            nanos.checked_div(taken).unwrap_or(0),
-            stacks::ADOPTED.load(Relaxed) - self.adopted_before,
-            after.no_stack_bounds - self.unwind_before.no_stack_bounds,
-            after.fp_fallbacks - self.unwind_before.fp_fallbacks,
-        ));
-        let mut rows: Vec<_> = self.agg.into_iter().collect();
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        for ((name, label_set, stack), n) in rows {
-            let mut labels = vec![Label::Str {
-                key: "thread".into(),
-                value: name.to_string(),
-            }];
-            labels.extend(labels::pairs(label_set).iter().map(|(k, v)| Label::Str {
-                key: k.clone(),
-                value: v.clone(),
-            }));
-            b.add_sample(&stack, true, &[n, n * self.period_ns], &labels);
-        }
-        if lost > 0 {
-            b.add_pseudo_sample(LOST_FRAME, &[lost, lost * self.period_ns], &[]);
-        }
-        b.write_gzip(&mut *w)?;
-        w.flush()
-    }
-}
-
-/// Statistics of the SIGPROF handler since the last start: `(samples, total ns)`.
-#[doc(hidden)]
-pub fn handler_stats() -> (u64, u64) {
-    (HANDLER_SAMPLES.load(Relaxed), HANDLER_NANOS.load(Relaxed))
 }
