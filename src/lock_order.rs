@@ -134,7 +134,7 @@ pub(crate) static HOOKS: &[Hook] = &[
     // slot claimed (WRITING) and never published is skipped by probers (at worst a key gets
     // a second slot); a creation-stack slot's key is one CAS; an arena free-list push or pop
     // is one CAS on the head (a slot taken and never used is lost, nothing more).
-    Hook::nothing("stacktab / buckets slot claims, threadcreate::TABLE, arena::HEADS"),
+    Hook::nothing("stack_table / buckets slot claims, threadcreate::TABLE, arena::HEADS"),
     // The HTTP server's counters and limits live in each server, whose threads do not exist
     // in the child; a server the child starts has its own (feature `http`).
     Hook::nothing("http::server::Shared (per server)"),

@@ -217,7 +217,7 @@ fn events_longer_than_the_rate_are_kept_at_face_value() {
     let _s = serial();
     // 20 ms holds at a 5 ms rate: every contended wait lasts ≥ ~20 ms ≥ rate, so each is
     // kept with count 1 and its own delay (events shorter than the rate are the sampled case,
-    // unit-tested with a fixed random source in src/block.rs).
+    // unit-tested with a fixed random source in src/profiles/block/mod.rs).
     heaprof::set_block_profile_rate(5_000_000);
     let truth = contend(10, wait_at_5ms_rate);
     heaprof::set_block_profile_rate(0);

@@ -4,7 +4,7 @@
 //! # Contract
 //! - Unsampled `alloc`: one read-modify-write of a thread-local word (`sub` to memory) and a
 //!   branch on its flags, then the inner call.
-//! - Unsampled `dealloc`: one test of the pointer's low bits in a register (see `live`), then
+//! - Unsampled `dealloc`: one test of the pointer's low bits in a register (see `sampled_block`), then
 //!   the inner call; about 1 in 64 glibc frees go out of line to compare the address with
 //!   heaprof's two reservations (four loads of read-mostly statics). No byte outside the
 //!   block is ever read, and nothing of the block unless it lies in those reservations.

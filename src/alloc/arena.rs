@@ -2,11 +2,11 @@
 //! alignment ≤ 2048 and up to [`MAX_BLOCK`] bytes (a little less for alignments 64 to 2048)
 //! are carved. Larger or more aligned sampled blocks live in the large-block region
 //! (`large_region`); no sampled block ever enters the inner allocator's heap, so `dealloc`
-//! knows them by address (see `live`).
+//! knows them by address (see `sampled_block`).
 //!
 //! # Why slots
 //! A sampled block carries a 32-byte header just below it and must sit at an address that
-//! passes `dealloc`'s one-instruction filter (see `live`). A slot starts at a multiple of
+//! passes `dealloc`'s one-instruction filter (see `sampled_block`). A slot starts at a multiple of
 //! [`UNIT`] (2048) from a page-aligned base, so the header fills the slot's first 32 bytes
 //! and the user's pointer right after it passes with no padding at all (alignments 64 to
 //! 2048 start one unit in); freed slots are reused by the next sample of their class, on

@@ -15,7 +15,7 @@
 //!
 //! Fixed capacity, lock-free, allocation-free, written by the allocator's sampled path
 //! (allocs) and by `dealloc` of sampled blocks (frees); read by the heap profile writer. The
-//! claim/publish protocol is `stacktab`'s, on the index slot's `id` (0 → [`WRITING`] by CAS,
+//! claim/publish protocol is `stack_table`'s, on the index slot's `id` (0 → [`WRITING`] by CAS,
 //! then the key fields, then the id with Release; a prober that meets a slot being written
 //! moves on, which can at worst give one key two buckets, and the writer merges records by
 //! stack). When no bucket can be had, counts go to [`OVERFLOW_BUCKET`], whose stack is the

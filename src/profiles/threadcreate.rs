@@ -1,11 +1,10 @@
 //! The `threadcreate` recorder: an interposed `pthread_create` that records, for every OS
-//! thread the process creates, the stack of the code that created it, and runs per-thread
-//! start hooks in the new thread before its start routine.
+//! thread the process creates, the stack of the code that created it, and gives the new
+//! thread its stack bounds for the unwinder before its start routine runs.
 //!
 //! Called by: every thread creation in the process (std, rayon, C code calling
 //! `pthread_create` through the executable's symbol); by the `threadcreate` profile writer
-//! ([`snapshot`], [`created`]); by crate modules that need a per-thread start hook
-//! ([`register_thread_start_hook`]). Must never: allocate through the Rust global allocator
+//! ([`snapshot`], [`created`]). Must never: allocate through the Rust global allocator
 //! on the creation path (it may run before `main`, from C, or from inside another library),
 //! take a lock (the unwinder's first use in the process takes the loader lock once, for
 //! `dl_iterate_phdr`), or fail a thread creation that the real `pthread_create` would have done.
@@ -22,8 +21,7 @@
 //! 2. captures the creator's stack with [`crate::unwind::capture`] under the profiler guard,
 //!    drops its own two frames and interns it in a stack table of its own;
 //! 3. wraps the start routine: a `malloc`ed `(start, arg)` pair handed to a trampoline that
-//!    frees it in the new thread, runs [`crate::unwind::thread_init`] and the registered start
-//!    hooks, then calls the user's routine (as `C-unwind`, so `pthread_exit` and cancellation
+//!    frees it in the new thread, runs [`crate::unwind::thread_init`], then calls the user's routine (as `C-unwind`, so `pthread_exit` and cancellation
 //!    still unwind through it);
 //! 4. counts the stack in a fixed lock-free table once the real call succeeded.
 //!
@@ -45,7 +43,7 @@
 //! - At most [`TABLE_SLOTS`] distinct creation stacks; more are counted under the overflow
 //!   pseudo-frame. Stacks are at most `MAX_DEPTH` frames.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::alloc::stack_table::{StackSlot, StackTable, OVERFLOW_STACK};
 use crate::base::sys;
@@ -53,9 +51,6 @@ use crate::pprof::trim::path_starts_with_any;
 
 /// Distinct creation stacks the count table holds.
 pub const TABLE_SLOTS: usize = 1024;
-/// Maximum number of thread start hooks.
-const MAX_HOOKS: usize = 8;
-
 struct Slot {
     /// Stack id + 1; 0 = empty. Written once (CAS from 0), never cleared.
     key: AtomicU32,
@@ -112,41 +107,6 @@ pub fn after_fork_child() {
 /// The creation-stack table if any thread was recorded (writers never create it).
 pub fn stacks_if_created() -> Option<&'static StackTable> {
     STACKS.get().and_then(|t| t.as_ref())
-}
-
-/// Start hooks: `fn()` pointers stored as `usize`; 0 = free.
-static HOOKS: [AtomicUsize; MAX_HOOKS] = [const { AtomicUsize::new(0) }; MAX_HOOKS];
-
-/// Registers `f` to run at the start of every thread created from now on, in the new thread,
-/// before its start routine (with the profiler guard set). Allocation-free. Registering the
-/// same function twice is a no-op. Returns false when all hook slots are taken.
-#[allow(dead_code)] // no caller in the crate today; kept for per-thread setup, tested
-pub(crate) fn register_thread_start_hook(f: fn()) -> bool {
-    let p = f as usize;
-    for h in &HOOKS {
-        match h.compare_exchange(0, p, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return true,
-            Err(cur) if cur == p => return true,
-            Err(_) => {}
-        }
-    }
-    false
-}
-
-#[cfg_attr(
-    not(all(target_os = "linux", target_env = "gnu", not(heaprof_sanitizer))),
-    allow(dead_code)
-)]
-fn run_start_hooks() {
-    for h in &HOOKS {
-        let p = h.load(Ordering::Acquire);
-        if p != 0 {
-            // SAFETY: only `register_thread_start_hook` stores non-zero values here, and it
-            // stores `fn()` pointers cast to usize; a fn pointer round-trips through usize.
-            let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(p) };
-            f();
-        }
-    }
 }
 
 /// Counts one created thread under `stack_id`. Lock-free, allocation-free.
@@ -279,13 +239,9 @@ mod interpose {
     #[inline(never)]
     fn thread_start() {
         let _guard = tls::ProfilerGuard::enter();
-        // A panicking hook must not unwind into glibc's thread start.
-        let r = std::panic::catch_unwind(|| {
-            unwind::thread_init();
-            super::run_start_hooks();
-        });
-        if r.is_err() {
-            sys::write_stderr(&[b"heaprof: a thread start hook panicked\n"]);
+        // Nothing may unwind into glibc's thread start.
+        if std::panic::catch_unwind(unwind::thread_init).is_err() {
+            sys::write_stderr(&[b"heaprof: setting up a new thread's stack bounds panicked\n"]);
         }
     }
 
@@ -302,7 +258,7 @@ mod interpose {
     }
 
     /// Interposes glibc's `pthread_create`: records the creator's stack for the
-    /// `threadcreate` profile and runs heaprof's thread start hooks in the new thread. Same
+    /// `threadcreate` profile and gives the new thread its stack bounds. Same
     /// contract and return values as glibc's; see the module docs.
     ///
     /// # Safety
@@ -353,30 +309,15 @@ mod interpose {
 mod tests {
     use super::*;
 
-    static HOOK_RAN: AtomicU64 = AtomicU64::new(0);
-    thread_local! {
-        static HOOKED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
-    }
-
-    fn test_hook() {
-        HOOK_RAN.fetch_add(1, Ordering::Relaxed);
-        HOOKED.with(|h| h.set(true));
-    }
-
+    /// The interposer's trampoline gives a new thread its stack bounds before its closure
+    /// runs (the unwinder needs them in signal handlers, where it cannot find them itself).
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(heaprof_sanitizer)))]
     #[test]
-    fn start_hook_runs_in_the_new_thread_before_user_code() {
-        assert!(register_thread_start_hook(test_hook));
-        assert!(register_thread_start_hook(test_hook), "idempotent");
-        let before = HOOK_RAN.load(Ordering::Relaxed);
-        let seen = std::thread::spawn(|| HOOKED.with(|h| h.get()))
+    fn a_new_thread_has_its_stack_bounds_before_its_closure_runs() {
+        let known = std::thread::spawn(crate::unwind::thread_stack_known)
             .join()
             .unwrap();
-        assert!(
-            seen,
-            "the hook ran in the spawned thread before its closure"
-        );
-        assert!(HOOK_RAN.load(Ordering::Relaxed) > before);
-        assert!(!HOOKED.with(|h| h.get()), "not in the spawning thread");
+        assert!(known);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Called by the kernel on any thread. It must never allocate, lock, format or touch the
 //! profiler: everything it does is async-signal-safe (`getpid`, `write` to a non-blocking
 //! pipe, atomics, a call to the previous handler). The dump thread reads the pipe
-//! (`dump/wake.rs`, shared with the automatic triggers).
+//! (`base/wake_pipe.rs`, shared with the automatic triggers).
 //!
 //! Chaining: the previous `sigaction` is kept in one of two fixed slots, published by an
 //! index, so the handler never reads a half-written record. `SIG_DFL` and `SIG_IGN` are not
