@@ -364,6 +364,8 @@ pub fn start_dumps(config: DumpConfig) -> Result<DumpHandle, Error> {
     Ok(handle)
 }
 
+/// Checks `config` and resolves what it names: the handle of the dumps it describes and the
+/// profiles to write. The error says what is wrong.
 fn validate(config: DumpConfig) -> Result<(DumpHandle, Vec<Profile>), Error> {
     if let Some(why) = config
         .signal
@@ -378,8 +380,24 @@ fn validate(config: DumpConfig) -> Result<(DumpHandle, Vec<Profile>), Error> {
             config.prefix
         )));
     }
-    let dir = std::path::absolute(&config.dir)
-        .map_err(|e| Error::os(format!("dump directory {}", config.dir.display()), e))?;
+    let dir = writable_dir(&config.dir)?;
+    let profiles = profiles_named(&config.profiles)?;
+    let handle = DumpHandle {
+        signal: config.signal,
+        dir,
+        prefix: config.prefix,
+        profiles: config.profiles,
+        on_growth: config.on_growth,
+        rss_threshold,
+        min_interval: config.min_interval,
+    };
+    Ok((handle, profiles))
+}
+
+/// `dir` made absolute, once it is known to be a directory this process can write to.
+fn writable_dir(dir: &std::path::Path) -> Result<PathBuf, Error> {
+    let dir = std::path::absolute(dir)
+        .map_err(|e| Error::os(format!("dump directory {}", dir.display()), e))?;
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -396,38 +414,34 @@ fn validate(config: DumpConfig) -> Result<(DumpHandle, Vec<Profile>), Error> {
             e,
         )
     })?;
-    if config.profiles.is_empty() {
+    Ok(dir)
+}
+
+/// The profiles `names` name, each usable in a file name; at least one.
+fn profiles_named(names: &[String]) -> Result<Vec<Profile>, Error> {
+    if names.is_empty() {
         return Err(Error::InvalidConfig("no profiles to dump".into()));
     }
-    let mut profiles = Vec::new();
-    for name in &config.profiles {
-        if !valid_component(name) {
-            return Err(Error::InvalidConfig(format!(
-                "profile name {name:?} cannot be part of a file name"
-            )));
-        }
-        let p = profile::lookup(name).ok_or_else(|| {
-            let known: Vec<String> = profile::profiles()
-                .iter()
-                .map(|p| p.name().to_string())
-                .collect();
-            Error::InvalidConfig(format!(
-                "unknown profile {name:?} (known: {})",
-                known.join(", ")
-            ))
-        })?;
-        profiles.push(p);
-    }
-    let handle = DumpHandle {
-        signal: config.signal,
-        dir,
-        prefix: config.prefix,
-        profiles: config.profiles,
-        on_growth: config.on_growth,
-        rss_threshold,
-        min_interval: config.min_interval,
-    };
-    Ok((handle, profiles))
+    names
+        .iter()
+        .map(|name| {
+            if !valid_component(name) {
+                return Err(Error::InvalidConfig(format!(
+                    "profile name {name:?} cannot be part of a file name"
+                )));
+            }
+            profile::lookup(name).ok_or_else(|| {
+                let known: Vec<String> = profile::profiles()
+                    .iter()
+                    .map(|p| p.name().to_string())
+                    .collect();
+                Error::InvalidConfig(format!(
+                    "unknown profile {name:?} (known: {})",
+                    known.join(", ")
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Checks the automatic triggers and resolves the RSS threshold to bytes (with how it was

@@ -113,8 +113,12 @@ fn parsed<T>(var: &str, parse: fn(&str) -> Result<T, String>, consequence: &str)
     }
 }
 
+/// What dumps stay when a `HEAPROF_DUMP_*` value is wrong.
+const OFF: &str = "dumps stay off";
+
+/// Starts the dumps the `HEAPROF_DUMP_*` variables describe, if any; each wrong value gets
+/// one warning line.
 fn dump_from_env() -> Option<DumpHandle> {
-    const OFF: &str = "dumps stay off";
     let signal_set = start_value("HEAPROF_DUMP_SIGNAL").is_some();
     let signal = parsed(
         "HEAPROF_DUMP_SIGNAL",
@@ -139,13 +143,26 @@ fn dump_from_env() -> Option<DumpHandle> {
         }
         return None;
     }
-    let mut cfg = DumpConfig {
+    let cfg = where_and_what(DumpConfig {
         signal,
         on_growth,
         on_rss,
         min_interval,
         ..DumpConfig::default()
-    };
+    })?;
+    match dump::start_dumps(cfg) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            // Name the variable most likely at fault: the message says exactly what failed.
+            sys::write_stderr(&[format!("heaprof: HEAPROF_DUMP_*: {e}; {OFF}\n").as_bytes()]);
+            None
+        }
+    }
+}
+
+/// `cfg` with the directory, file prefix and profiles of `HEAPROF_DUMP_DIR`, `_PREFIX` and
+/// `_PROFILES` where set; `None` (after a warning) when one of them is invalid.
+fn where_and_what(mut cfg: DumpConfig) -> Option<DumpConfig> {
     if let Some(dir) = start_value("HEAPROF_DUMP_DIR") {
         if dir.is_empty() {
             warn("HEAPROF_DUMP_DIR", &dir, "empty", OFF);
@@ -167,14 +184,7 @@ fn dump_from_env() -> Option<DumpHandle> {
     } else if start_value("HEAPROF_DUMP_PROFILES").is_some() {
         return None;
     }
-    match dump::start_dumps(cfg) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            // Name the variable most likely at fault: the message says exactly what failed.
-            sys::write_stderr(&[format!("heaprof: HEAPROF_DUMP_*: {e}; {OFF}\n").as_bytes()]);
-            None
-        }
-    }
+    Some(cfg)
 }
 
 /// `HEAPROF_DUMP_MIN_INTERVAL`, or the default; warns when it is invalid, or set while no
