@@ -173,7 +173,7 @@ pub fn monotonic_nanos() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-// ---- CPU profiling (used by `cpu.rs`; the async-signal-safe ones are marked) ----
+// ---- CPU profiling (used by `profiles/cpu`; the async-signal-safe ones are marked) ----
 
 /// The kernel thread id of the calling thread (`gettid(2)`). Async-signal-safe.
 pub fn gettid() -> i32 {

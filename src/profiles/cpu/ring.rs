@@ -1,7 +1,7 @@
 //! Preallocated lock-free sample buffer between the SIGPROF handler (many producers) and the
 //! CPU profiler's drain thread (one consumer).
 //!
-//! Called by: `cpu.rs`'s signal handler ([`Ring::push_with`], async-signal-safe) and its
+//! Called by: the CPU profiler's signal handler (`handler.rs`) ([`Ring::push_with`], async-signal-safe) and its
 //! drain thread ([`Ring::pop_with`]). Must never allocate, lock or wait on the producer side.
 //!
 //! # Algorithm
@@ -156,7 +156,7 @@ impl<F: Family> Ring<F> {
     }
 
     /// Takes the oldest published sample, if any, passing `(tid, labels, frames)` to `f`.
-    /// Only one thread may consume (the drain thread; `cpu.rs` holds its session lock).
+    /// Only one thread may consume (the drain thread; the session lock in `cpu.rs` keeps it one).
     pub fn pop_with(&self, f: impl FnOnce(i32, u32, &[usize])) -> bool {
         let pos = self.head.load(Ordering::Relaxed);
         let slot = self.slot(pos);
