@@ -234,6 +234,7 @@ fn bump(units: usize) -> Option<usize> {
 /// A slot of at least `need` bytes (a sampled block, its offset and header: see
 /// [`block_offset::offset`](crate::alloc::block_offset::offset)): its start and whether it is fresh (all zero).
 /// `None` when `need` is too large or the arena cannot supply one.
+#[inline]
 pub fn alloc(need: usize) -> Option<(*mut u8, bool)> {
     let class = class_of_need(need)?;
     if LEN.load(Ordering::Acquire) == 0 {
