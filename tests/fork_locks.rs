@@ -136,16 +136,23 @@ fn child_ops() -> i32 {
     common::decode(&write("block", 0));
 
     // A contended `heaprof::sync::Mutex`: the release that kept a waiter waiting is recorded.
+    // On a loaded machine the waiter may not reach the lock before the release: then there
+    // was no contention to record, and the round is tried again with a longer hold.
     heaprof::set_mutex_profile_fraction(1);
-    let m = Arc::new(heaprof::sync::Mutex::new(0u32));
-    let held = m.lock().unwrap();
-    let waiter = {
-        let m = Arc::clone(&m);
-        std::thread::spawn(move || *m.lock().unwrap() += 1)
-    };
-    std::thread::sleep(Duration::from_millis(20));
-    drop(held);
-    waiter.join().unwrap();
+    for round in 1..=10u64 {
+        let m = Arc::new(heaprof::sync::Mutex::new(0u32));
+        let held = m.lock().unwrap();
+        let waiter = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || *m.lock().unwrap() += 1)
+        };
+        std::thread::sleep(Duration::from_millis(20 * round));
+        drop(held);
+        waiter.join().unwrap();
+        if heaprof::lookup("mutex").unwrap().count() >= 1 {
+            break;
+        }
+    }
     heaprof::set_mutex_profile_fraction(0);
     check!(
         heaprof::lookup("mutex").unwrap().count() >= 1,
