@@ -261,6 +261,19 @@ struct Flags {
     lines: bool,
 }
 
+impl Flags {
+    /// `m` with its `has_*` flags set from these.
+    fn set_on(self, m: proto::Mapping) -> proto::Mapping {
+        proto::Mapping {
+            has_functions: self.unused || self.any_named,
+            has_filenames: self.filenames,
+            has_line_numbers: self.lines,
+            has_inline_frames: self.filenames && self.lines,
+            ..m
+        }
+    }
+}
+
 struct Assembler<'s> {
     sym: &'s mut Symbolizer,
     strings: Vec<String>,
@@ -423,78 +436,24 @@ impl<'s> Assembler<'s> {
         }
     }
 
+    /// The profile: sample and period types, the samples (which make the locations and
+    /// functions), the mappings, then the comments and the profile's other strings. Strings
+    /// are interned in that order.
     fn run(mut self, b: ProfileBuilder) -> proto::Profile {
         let sample_type = b.sample_types.iter().map(|t| self.value_type(t)).collect();
         let period_type = Some(self.value_type(&b.period_type));
-        let mut samples = Vec::with_capacity(b.samples.len());
-        for raw in &b.samples {
-            let location_id = match &raw.pseudo {
-                Some(name) => vec![self.pseudo_location(name)],
-                None => {
-                    let frames: Vec<Vec<SymFrame>> = raw
-                        .pcs
-                        .iter()
-                        .map(|&pc| self.sym.resolve(pc).to_vec())
-                        .collect();
-                    let refs: Vec<&[SymFrame]> = frames.iter().map(Vec::as_slice).collect();
-                    let (drop_pcs, skip) = split_trim(&refs, leading_trim(&refs, b.trim_leading));
-                    (drop_pcs..raw.pcs.len())
-                        .map(|i| {
-                            let skip = if i == drop_pcs { skip } else { 0 };
-                            self.location(raw.pcs[i], &frames[i], skip)
-                        })
-                        .collect()
-                }
-            };
-            let label = raw.labels.iter().map(|l| self.label(l)).collect();
-            samples.push(proto::Sample {
-                location_id,
-                value: raw.values.clone(),
-                label,
-            });
-        }
-
-        let mut mapping = Vec::with_capacity(self.flags.len());
-        let maps = std::mem::take(&mut self.maps);
-        if maps.is_empty() {
-            // No maps file: one fake all-zero mapping covers every location (as Go does).
-            let f = self.flags[0];
-            mapping.push(proto::Mapping {
-                id: 1,
-                has_functions: f.unused || f.any_named,
-                has_filenames: f.filenames,
-                has_line_numbers: f.lines,
-                has_inline_frames: f.filenames && f.lines,
-                ..Default::default()
-            });
-        }
-        for (i, m) in maps.iter().enumerate() {
-            let f = self.flags[i];
-            let build_id = if m.is_file() {
-                self.sym.build_id(&m.path)
-            } else {
-                String::new()
-            };
-            mapping.push(proto::Mapping {
-                id: i as u64 + 1,
-                memory_start: m.start,
-                memory_limit: m.limit,
-                file_offset: m.offset,
-                filename: self.s(&m.path),
-                build_id: self.s(&build_id),
-                has_functions: f.unused || f.any_named,
-                has_filenames: f.filenames,
-                has_line_numbers: f.lines,
-                has_inline_frames: f.filenames && f.lines,
-            });
-        }
-
+        let sample = b
+            .samples
+            .iter()
+            .map(|raw| self.sample(raw, b.trim_leading))
+            .collect();
+        let mapping = self.mappings();
         let comment = b.comments.iter().map(|c| self.s(c)).collect();
         let default_sample_type = b.default_sample_type.as_deref().map_or(0, |t| self.s(t));
         let drop_frames = b.drop_frames.as_deref().map_or(0, |t| self.s(t));
         proto::Profile {
             sample_type,
-            sample: samples,
+            sample,
             mapping,
             location: self.locations,
             function: self.functions,
@@ -509,6 +468,71 @@ impl<'s> Assembler<'s> {
             default_sample_type,
             doc_url: 0,
         }
+    }
+
+    /// One sample: its locations, its values as given, its labels.
+    fn sample(&mut self, raw: &RawSample, trim: Option<fn(&str) -> bool>) -> proto::Sample {
+        let location_id = match &raw.pseudo {
+            Some(name) => vec![self.pseudo_location(name)],
+            None => self.stack_locations(&raw.pcs, trim),
+        };
+        let label = raw.labels.iter().map(|l| self.label(l)).collect();
+        proto::Sample {
+            location_id,
+            value: raw.values.clone(),
+            label,
+        }
+    }
+
+    /// The locations of a stack of PCs, leaf first: each PC symbolized, the leading frames
+    /// `trim` matches dropped (whole PCs, then inlined frames of the next one).
+    fn stack_locations(&mut self, pcs: &[usize], trim: Option<fn(&str) -> bool>) -> Vec<u64> {
+        let frames: Vec<Vec<SymFrame>> = pcs
+            .iter()
+            .map(|&pc| self.sym.resolve(pc).to_vec())
+            .collect();
+        let refs: Vec<&[SymFrame]> = frames.iter().map(Vec::as_slice).collect();
+        let (drop_pcs, skip) = split_trim(&refs, leading_trim(&refs, trim));
+        (drop_pcs..pcs.len())
+            .map(|i| {
+                let skip = if i == drop_pcs { skip } else { 0 };
+                self.location(pcs[i], &frames[i], skip)
+            })
+            .collect()
+    }
+
+    /// The mappings, `mapping[0]` the main executable; with no maps file, one fake all-zero
+    /// mapping covers every location (as Go does).
+    fn mappings(&mut self) -> Vec<proto::Mapping> {
+        let maps = std::mem::take(&mut self.maps);
+        if maps.is_empty() {
+            return vec![self.flags[0].set_on(proto::Mapping {
+                id: 1,
+                ..Default::default()
+            })];
+        }
+        maps.iter()
+            .enumerate()
+            .map(|(i, m)| self.mapping(i, m))
+            .collect()
+    }
+
+    /// Mapping `i`, made of maps entry `m`, with its file's build ID.
+    fn mapping(&mut self, i: usize, m: &MapEntry) -> proto::Mapping {
+        let build_id = if m.is_file() {
+            self.sym.build_id(&m.path)
+        } else {
+            String::new()
+        };
+        self.flags[i].set_on(proto::Mapping {
+            id: i as u64 + 1,
+            memory_start: m.start,
+            memory_limit: m.limit,
+            file_offset: m.offset,
+            filename: self.s(&m.path),
+            build_id: self.s(&build_id),
+            ..Default::default()
+        })
     }
 }
 
