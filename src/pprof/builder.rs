@@ -28,6 +28,7 @@ use prost::Message;
 
 use super::maps::MapEntry;
 use super::proto;
+use super::trim::{leading_trim, split_trim};
 use crate::pprof::symbolize::{SymFrame, Symbolizer};
 
 /// A sample label: a string, or a number with an optional unit.
@@ -206,49 +207,6 @@ impl ProfileBuilder {
         gz.write_all(&bytes)?;
         gz.finish()?.flush()
     }
-}
-
-/// Number of leading frames of `frames` (per PC, innermost inlined frame first) that `pred`
-/// trims, or 0 if it would trim all of them. Shared with the text writers.
-///
-/// Leaf-first, per PC: if the PC's real (outermost) function matches, the whole PC goes, with
-/// everything inlined into it (Go's per-PC rule: what an internal function inlined, it called);
-/// otherwise its leading inlined frames that match go, and trimming stops there. An unresolved
-/// PC stops trimming. The outermost name is the symbol table's full name even under
-/// `debug = "line-tables-only"`, where DWARF names inlined frames unqualified (`trace`), so the
-/// per-PC rule is the reliable one in release builds.
-pub(crate) fn leading_trim(frames: &[&[SymFrame]], pred: Option<fn(&str) -> bool>) -> usize {
-    let Some(pred) = pred else { return 0 };
-    let total: usize = frames.iter().map(|fs| fs.len().max(1)).sum();
-    let mut n = 0;
-    for fs in frames {
-        let Some(outer) = fs.last() else { break };
-        if pred(&outer.name) {
-            n += fs.len();
-            continue;
-        }
-        n += fs.iter().take_while(|f| pred(&f.name)).count();
-        break;
-    }
-    if n == total {
-        0
-    } else {
-        n
-    }
-}
-
-/// Splits a flat trim count into (whole PCs dropped, inlined frames dropped from the next PC).
-pub(crate) fn split_trim(frames: &[&[SymFrame]], mut n: usize) -> (usize, usize) {
-    let mut pcs = 0;
-    for fs in frames {
-        let len = fs.len().max(1);
-        if n < len {
-            return (pcs, n);
-        }
-        n -= len;
-        pcs += 1;
-    }
-    (pcs, 0)
 }
 
 #[derive(Clone, Copy)]
@@ -755,48 +713,6 @@ mod tests {
         assert_eq!(p.location.len(), 1);
         assert_eq!(p.location[ids[0] as usize - 1].address, f as u64);
         assert!(func_names(&p, ids[0])[0].ends_with("builder_test_leaf"));
-    }
-
-    fn frame(name: &str) -> SymFrame {
-        SymFrame {
-            name: name.into(),
-            system_name: name.into(),
-            file: None,
-            line: 1,
-            sym_addr: 0,
-        }
-    }
-
-    #[test]
-    fn trim_counts_inlined_frames() {
-        let pred: fn(&str) -> bool = |n| n.starts_with("alloc::") || n.starts_with("heaprof::");
-        // Outermost matches: the whole PC goes, inlined frames included (even non-matching).
-        let internal = vec![frame("alloc::inner"), frame("heaprof::x")];
-        let callback = vec![frame("user_cb"), frame("heaprof::y")];
-        // Outermost does not match: only its leading matching inlined frames go.
-        let user = vec![
-            frame("alloc::a"),
-            frame("user2"),
-            frame("alloc::b"),
-            frame("main"),
-        ];
-        let refs: Vec<&[SymFrame]> = vec![&internal, &callback, &user, &[]];
-        assert_eq!(leading_trim(&refs, Some(pred)), 5);
-        assert_eq!(split_trim(&refs, 5), (2, 1), "cuts into an inlined PC");
-        let refs: Vec<&[SymFrame]> = vec![&user[1..], &internal];
-        assert_eq!(
-            leading_trim(&refs, Some(pred)),
-            0,
-            "stops at the first non-matching frame"
-        );
-        let only: Vec<&[SymFrame]> = vec![&internal, &callback];
-        assert_eq!(leading_trim(&only, Some(pred)), 0, "all would go: keep all");
-        assert_eq!(leading_trim(&refs, None), 0);
-        // An unresolved PC stops trimming.
-        let unresolved: Vec<&[SymFrame]> = vec![&[], &internal, &user];
-        assert_eq!(leading_trim(&unresolved, Some(pred)), 0);
-        let refs: Vec<&[SymFrame]> = vec![&internal, &[], &user];
-        assert_eq!(split_trim(&refs, leading_trim(&refs, Some(pred))), (1, 0));
     }
 
     #[test]

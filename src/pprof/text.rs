@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::builder::{leading_trim, split_trim};
 use super::maps::MapEntry;
+use super::trim::{leading_trim, split_trim};
 use crate::pprof::symbolize::{SymFrame, Symbolizer};
 
 /// One count-profile entry group: `count` entries with this stack (return addresses, leaf
