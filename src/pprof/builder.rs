@@ -576,6 +576,17 @@ mod tests {
     #[test]
     fn builds_a_valid_symbolized_profile() {
         let stack = builder_test_caller();
+        let p = decode(&two_samples_and_a_pseudo(&stack).build());
+        check_invariants(&p);
+        check_header_and_samples(&p, &stack);
+        let leaf = check_symbolized(&p, &stack);
+        check_main_mapping(&p, leaf);
+        check_pseudo_sample(&p);
+    }
+
+    /// A builder with every header field set, two samples of `stack` (one with too few values,
+    /// each with a label) and a pseudo sample with too many values.
+    fn two_samples_and_a_pseudo(stack: &[usize]) -> ProfileBuilder {
         let mut b = ProfileBuilder::new(
             &[("objects", "count"), ("space", "bytes")],
             ("space", "bytes"),
@@ -586,7 +597,7 @@ mod tests {
         b.add_comment("hello");
         b.set_default_sample_type("space");
         b.add_sample(
-            &stack,
+            stack,
             false,
             &[1, 100],
             &[Label::Num {
@@ -596,7 +607,7 @@ mod tests {
             }],
         );
         b.add_sample(
-            &stack,
+            stack,
             false,
             &[2],
             &[Label::Str {
@@ -605,14 +616,17 @@ mod tests {
             }],
         );
         b.add_pseudo_sample("heaprof::stack_table_overflow", &[3, 300, 9], &[]);
-        let p = decode(&b.build());
-        check_invariants(&p);
+        b
+    }
 
-        assert_eq!(s(&p, p.sample_type[1].r#type), "space");
-        assert_eq!(s(&p, p.period_type.as_ref().unwrap().unit), "bytes");
+    /// The header fields as set; values padded or cut to the sample types; one stack, one
+    /// list of locations; the labels.
+    fn check_header_and_samples(p: &proto::Profile, stack: &[usize]) {
+        assert_eq!(s(p, p.sample_type[1].r#type), "space");
+        assert_eq!(s(p, p.period_type.as_ref().unwrap().unit), "bytes");
         assert_eq!((p.period, p.time_nanos, p.duration_nanos), (512, 42, 7));
-        assert_eq!(s(&p, p.comment[0]), "hello");
-        assert_eq!(s(&p, p.default_sample_type), "space");
+        assert_eq!(s(p, p.comment[0]), "hello");
+        assert_eq!(s(p, p.default_sample_type), "space");
         assert_eq!(p.sample.len(), 3);
         assert_eq!(p.sample[1].value, [2, 0], "padded to len(sample_type)");
         assert_eq!(p.sample[2].value, [3, 300], "cut to len(sample_type)");
@@ -621,23 +635,26 @@ mod tests {
             "same stack, same locations"
         );
         assert_eq!(p.sample[0].location_id.len(), stack.len());
-        assert_eq!(s(&p, p.sample[0].label[0].key), "bytes");
+        assert_eq!(s(p, p.sample[0].label[0].key), "bytes");
         assert_eq!(p.sample[0].label[0].num, 100);
-        assert_eq!(s(&p, p.sample[1].label[0].str), "v");
+        assert_eq!(s(p, p.sample[1].label[0].str), "v");
+    }
 
-        // Addresses are return address − 1; our functions are named, demangled, with files.
+    /// Addresses are return address − 1; our functions are named, demangled, with files.
+    /// Returns the location of `builder_test_leaf`.
+    fn check_symbolized<'p>(p: &'p proto::Profile, stack: &[usize]) -> &'p proto::Location {
         let locs: Vec<&proto::Location> = p.sample[0]
             .location_id
             .iter()
             .map(|&id| &p.location[id as usize - 1])
             .collect();
-        for (l, &ra) in locs.iter().zip(&stack) {
+        for (l, &ra) in locs.iter().zip(stack) {
             assert_eq!(l.address, ra as u64 - 1);
         }
         let names: Vec<&str> = p.sample[0]
             .location_id
             .iter()
-            .flat_map(|&id| func_names(&p, id))
+            .flat_map(|&id| func_names(p, id))
             .collect();
         let leaf = names
             .iter()
@@ -650,24 +667,29 @@ mod tests {
         let f = p
             .function
             .iter()
-            .find(|f| s(&p, f.name).ends_with("builder_test_leaf"))
+            .find(|f| s(p, f.name).ends_with("builder_test_leaf"))
             .unwrap();
-        assert!(s(&p, f.filename).ends_with("builder.rs"));
-        assert_ne!(s(&p, f.system_name), s(&p, f.name));
+        assert!(s(p, f.filename).ends_with("builder.rs"));
+        assert_ne!(s(p, f.system_name), s(p, f.name));
+        locs[leaf]
+    }
 
-        // mapping[0] is this executable, with its build ID; its locations resolved.
+    /// mapping[0] is this executable, with its build ID; `leaf` (ours) is in it and resolved.
+    fn check_main_mapping(p: &proto::Profile, leaf: &proto::Location) {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let m0 = &p.mapping[0];
-        assert_eq!(s(&p, m0.filename), exe.to_str().unwrap());
-        assert_eq!(s(&p, m0.build_id), elf::build_id(&exe));
+        assert_eq!(s(p, m0.filename), exe.to_str().unwrap());
+        assert_eq!(s(p, m0.build_id), elf::build_id(&exe));
         assert!(m0.has_functions);
-        assert_eq!(locs[leaf].mapping_id, 1);
+        assert_eq!(leaf.mapping_id, 1);
+    }
 
-        // The pseudo sample: one location, no mapping, the named function.
+    /// The pseudo sample: one location, no mapping, the named function.
+    fn check_pseudo_sample(p: &proto::Profile) {
         let pl = p.sample[2].location_id[0];
         assert_eq!(p.sample[2].location_id.len(), 1);
         assert_eq!(p.location[pl as usize - 1].mapping_id, 0);
-        assert_eq!(func_names(&p, pl), ["heaprof::stack_table_overflow"]);
+        assert_eq!(func_names(p, pl), ["heaprof::stack_table_overflow"]);
     }
 
     #[test]
