@@ -28,6 +28,7 @@ use prost::Message;
 
 use super::maps::MapEntry;
 use super::proto;
+use super::trim::{leading_trim, split_trim};
 use crate::pprof::symbolize::{SymFrame, Symbolizer};
 
 /// A sample label: a string, or a number with an optional unit.
@@ -208,49 +209,6 @@ impl ProfileBuilder {
     }
 }
 
-/// Number of leading frames of `frames` (per PC, innermost inlined frame first) that `pred`
-/// trims, or 0 if it would trim all of them. Shared with the text writers.
-///
-/// Leaf-first, per PC: if the PC's real (outermost) function matches, the whole PC goes, with
-/// everything inlined into it (Go's per-PC rule: what an internal function inlined, it called);
-/// otherwise its leading inlined frames that match go, and trimming stops there. An unresolved
-/// PC stops trimming. The outermost name is the symbol table's full name even under
-/// `debug = "line-tables-only"`, where DWARF names inlined frames unqualified (`trace`), so the
-/// per-PC rule is the reliable one in release builds.
-pub(crate) fn leading_trim(frames: &[&[SymFrame]], pred: Option<fn(&str) -> bool>) -> usize {
-    let Some(pred) = pred else { return 0 };
-    let total: usize = frames.iter().map(|fs| fs.len().max(1)).sum();
-    let mut n = 0;
-    for fs in frames {
-        let Some(outer) = fs.last() else { break };
-        if pred(&outer.name) {
-            n += fs.len();
-            continue;
-        }
-        n += fs.iter().take_while(|f| pred(&f.name)).count();
-        break;
-    }
-    if n == total {
-        0
-    } else {
-        n
-    }
-}
-
-/// Splits a flat trim count into (whole PCs dropped, inlined frames dropped from the next PC).
-pub(crate) fn split_trim(frames: &[&[SymFrame]], mut n: usize) -> (usize, usize) {
-    let mut pcs = 0;
-    for fs in frames {
-        let len = fs.len().max(1);
-        if n < len {
-            return (pcs, n);
-        }
-        n -= len;
-        pcs += 1;
-    }
-    (pcs, 0)
-}
-
 #[derive(Clone, Copy)]
 struct Flags {
     /// No location seen in the mapping yet (then every flag is vacuously true).
@@ -259,6 +217,19 @@ struct Flags {
     any_named: bool,
     filenames: bool,
     lines: bool,
+}
+
+impl Flags {
+    /// `m` with its `has_*` flags set from these.
+    fn set_on(self, m: proto::Mapping) -> proto::Mapping {
+        proto::Mapping {
+            has_functions: self.unused || self.any_named,
+            has_filenames: self.filenames,
+            has_line_numbers: self.lines,
+            has_inline_frames: self.filenames && self.lines,
+            ..m
+        }
+    }
 }
 
 struct Assembler<'s> {
@@ -423,78 +394,24 @@ impl<'s> Assembler<'s> {
         }
     }
 
+    /// The profile: sample and period types, the samples (which make the locations and
+    /// functions), the mappings, then the comments and the profile's other strings. Strings
+    /// are interned in that order.
     fn run(mut self, b: ProfileBuilder) -> proto::Profile {
         let sample_type = b.sample_types.iter().map(|t| self.value_type(t)).collect();
         let period_type = Some(self.value_type(&b.period_type));
-        let mut samples = Vec::with_capacity(b.samples.len());
-        for raw in &b.samples {
-            let location_id = match &raw.pseudo {
-                Some(name) => vec![self.pseudo_location(name)],
-                None => {
-                    let frames: Vec<Vec<SymFrame>> = raw
-                        .pcs
-                        .iter()
-                        .map(|&pc| self.sym.resolve(pc).to_vec())
-                        .collect();
-                    let refs: Vec<&[SymFrame]> = frames.iter().map(Vec::as_slice).collect();
-                    let (drop_pcs, skip) = split_trim(&refs, leading_trim(&refs, b.trim_leading));
-                    (drop_pcs..raw.pcs.len())
-                        .map(|i| {
-                            let skip = if i == drop_pcs { skip } else { 0 };
-                            self.location(raw.pcs[i], &frames[i], skip)
-                        })
-                        .collect()
-                }
-            };
-            let label = raw.labels.iter().map(|l| self.label(l)).collect();
-            samples.push(proto::Sample {
-                location_id,
-                value: raw.values.clone(),
-                label,
-            });
-        }
-
-        let mut mapping = Vec::with_capacity(self.flags.len());
-        let maps = std::mem::take(&mut self.maps);
-        if maps.is_empty() {
-            // No maps file: one fake all-zero mapping covers every location (as Go does).
-            let f = self.flags[0];
-            mapping.push(proto::Mapping {
-                id: 1,
-                has_functions: f.unused || f.any_named,
-                has_filenames: f.filenames,
-                has_line_numbers: f.lines,
-                has_inline_frames: f.filenames && f.lines,
-                ..Default::default()
-            });
-        }
-        for (i, m) in maps.iter().enumerate() {
-            let f = self.flags[i];
-            let build_id = if m.is_file() {
-                self.sym.build_id(&m.path)
-            } else {
-                String::new()
-            };
-            mapping.push(proto::Mapping {
-                id: i as u64 + 1,
-                memory_start: m.start,
-                memory_limit: m.limit,
-                file_offset: m.offset,
-                filename: self.s(&m.path),
-                build_id: self.s(&build_id),
-                has_functions: f.unused || f.any_named,
-                has_filenames: f.filenames,
-                has_line_numbers: f.lines,
-                has_inline_frames: f.filenames && f.lines,
-            });
-        }
-
+        let sample = b
+            .samples
+            .iter()
+            .map(|raw| self.sample(raw, b.trim_leading))
+            .collect();
+        let mapping = self.mappings();
         let comment = b.comments.iter().map(|c| self.s(c)).collect();
         let default_sample_type = b.default_sample_type.as_deref().map_or(0, |t| self.s(t));
         let drop_frames = b.drop_frames.as_deref().map_or(0, |t| self.s(t));
         proto::Profile {
             sample_type,
-            sample: samples,
+            sample,
             mapping,
             location: self.locations,
             function: self.functions,
@@ -509,6 +426,71 @@ impl<'s> Assembler<'s> {
             default_sample_type,
             doc_url: 0,
         }
+    }
+
+    /// One sample: its locations, its values as given, its labels.
+    fn sample(&mut self, raw: &RawSample, trim: Option<fn(&str) -> bool>) -> proto::Sample {
+        let location_id = match &raw.pseudo {
+            Some(name) => vec![self.pseudo_location(name)],
+            None => self.stack_locations(&raw.pcs, trim),
+        };
+        let label = raw.labels.iter().map(|l| self.label(l)).collect();
+        proto::Sample {
+            location_id,
+            value: raw.values.clone(),
+            label,
+        }
+    }
+
+    /// The locations of a stack of PCs, leaf first: each PC symbolized, the leading frames
+    /// `trim` matches dropped (whole PCs, then inlined frames of the next one).
+    fn stack_locations(&mut self, pcs: &[usize], trim: Option<fn(&str) -> bool>) -> Vec<u64> {
+        let frames: Vec<Vec<SymFrame>> = pcs
+            .iter()
+            .map(|&pc| self.sym.resolve(pc).to_vec())
+            .collect();
+        let refs: Vec<&[SymFrame]> = frames.iter().map(Vec::as_slice).collect();
+        let (drop_pcs, skip) = split_trim(&refs, leading_trim(&refs, trim));
+        (drop_pcs..pcs.len())
+            .map(|i| {
+                let skip = if i == drop_pcs { skip } else { 0 };
+                self.location(pcs[i], &frames[i], skip)
+            })
+            .collect()
+    }
+
+    /// The mappings, `mapping[0]` the main executable; with no maps file, one fake all-zero
+    /// mapping covers every location (as Go does).
+    fn mappings(&mut self) -> Vec<proto::Mapping> {
+        let maps = std::mem::take(&mut self.maps);
+        if maps.is_empty() {
+            return vec![self.flags[0].set_on(proto::Mapping {
+                id: 1,
+                ..Default::default()
+            })];
+        }
+        maps.iter()
+            .enumerate()
+            .map(|(i, m)| self.mapping(i, m))
+            .collect()
+    }
+
+    /// Mapping `i`, made of maps entry `m`, with its file's build ID.
+    fn mapping(&mut self, i: usize, m: &MapEntry) -> proto::Mapping {
+        let build_id = if m.is_file() {
+            self.sym.build_id(&m.path)
+        } else {
+            String::new()
+        };
+        self.flags[i].set_on(proto::Mapping {
+            id: i as u64 + 1,
+            memory_start: m.start,
+            memory_limit: m.limit,
+            file_offset: m.offset,
+            filename: self.s(&m.path),
+            build_id: self.s(&build_id),
+            ..Default::default()
+        })
     }
 }
 
@@ -594,6 +576,17 @@ mod tests {
     #[test]
     fn builds_a_valid_symbolized_profile() {
         let stack = builder_test_caller();
+        let p = decode(&two_samples_and_a_pseudo(&stack).build());
+        check_invariants(&p);
+        check_header_and_samples(&p, &stack);
+        let leaf = check_symbolized(&p, &stack);
+        check_main_mapping(&p, leaf);
+        check_pseudo_sample(&p);
+    }
+
+    /// A builder with every header field set, two samples of `stack` (one with too few values,
+    /// each with a label) and a pseudo sample with too many values.
+    fn two_samples_and_a_pseudo(stack: &[usize]) -> ProfileBuilder {
         let mut b = ProfileBuilder::new(
             &[("objects", "count"), ("space", "bytes")],
             ("space", "bytes"),
@@ -604,7 +597,7 @@ mod tests {
         b.add_comment("hello");
         b.set_default_sample_type("space");
         b.add_sample(
-            &stack,
+            stack,
             false,
             &[1, 100],
             &[Label::Num {
@@ -614,7 +607,7 @@ mod tests {
             }],
         );
         b.add_sample(
-            &stack,
+            stack,
             false,
             &[2],
             &[Label::Str {
@@ -623,14 +616,17 @@ mod tests {
             }],
         );
         b.add_pseudo_sample("heaprof::stack_table_overflow", &[3, 300, 9], &[]);
-        let p = decode(&b.build());
-        check_invariants(&p);
+        b
+    }
 
-        assert_eq!(s(&p, p.sample_type[1].r#type), "space");
-        assert_eq!(s(&p, p.period_type.as_ref().unwrap().unit), "bytes");
+    /// The header fields as set; values padded or cut to the sample types; one stack, one
+    /// list of locations; the labels.
+    fn check_header_and_samples(p: &proto::Profile, stack: &[usize]) {
+        assert_eq!(s(p, p.sample_type[1].r#type), "space");
+        assert_eq!(s(p, p.period_type.as_ref().unwrap().unit), "bytes");
         assert_eq!((p.period, p.time_nanos, p.duration_nanos), (512, 42, 7));
-        assert_eq!(s(&p, p.comment[0]), "hello");
-        assert_eq!(s(&p, p.default_sample_type), "space");
+        assert_eq!(s(p, p.comment[0]), "hello");
+        assert_eq!(s(p, p.default_sample_type), "space");
         assert_eq!(p.sample.len(), 3);
         assert_eq!(p.sample[1].value, [2, 0], "padded to len(sample_type)");
         assert_eq!(p.sample[2].value, [3, 300], "cut to len(sample_type)");
@@ -639,23 +635,26 @@ mod tests {
             "same stack, same locations"
         );
         assert_eq!(p.sample[0].location_id.len(), stack.len());
-        assert_eq!(s(&p, p.sample[0].label[0].key), "bytes");
+        assert_eq!(s(p, p.sample[0].label[0].key), "bytes");
         assert_eq!(p.sample[0].label[0].num, 100);
-        assert_eq!(s(&p, p.sample[1].label[0].str), "v");
+        assert_eq!(s(p, p.sample[1].label[0].str), "v");
+    }
 
-        // Addresses are return address − 1; our functions are named, demangled, with files.
+    /// Addresses are return address − 1; our functions are named, demangled, with files.
+    /// Returns the location of `builder_test_leaf`.
+    fn check_symbolized<'p>(p: &'p proto::Profile, stack: &[usize]) -> &'p proto::Location {
         let locs: Vec<&proto::Location> = p.sample[0]
             .location_id
             .iter()
             .map(|&id| &p.location[id as usize - 1])
             .collect();
-        for (l, &ra) in locs.iter().zip(&stack) {
+        for (l, &ra) in locs.iter().zip(stack) {
             assert_eq!(l.address, ra as u64 - 1);
         }
         let names: Vec<&str> = p.sample[0]
             .location_id
             .iter()
-            .flat_map(|&id| func_names(&p, id))
+            .flat_map(|&id| func_names(p, id))
             .collect();
         let leaf = names
             .iter()
@@ -668,24 +667,29 @@ mod tests {
         let f = p
             .function
             .iter()
-            .find(|f| s(&p, f.name).ends_with("builder_test_leaf"))
+            .find(|f| s(p, f.name).ends_with("builder_test_leaf"))
             .unwrap();
-        assert!(s(&p, f.filename).ends_with("builder.rs"));
-        assert_ne!(s(&p, f.system_name), s(&p, f.name));
+        assert!(s(p, f.filename).ends_with("builder.rs"));
+        assert_ne!(s(p, f.system_name), s(p, f.name));
+        locs[leaf]
+    }
 
-        // mapping[0] is this executable, with its build ID; its locations resolved.
+    /// mapping[0] is this executable, with its build ID; `leaf` (ours) is in it and resolved.
+    fn check_main_mapping(p: &proto::Profile, leaf: &proto::Location) {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let m0 = &p.mapping[0];
-        assert_eq!(s(&p, m0.filename), exe.to_str().unwrap());
-        assert_eq!(s(&p, m0.build_id), elf::build_id(&exe));
+        assert_eq!(s(p, m0.filename), exe.to_str().unwrap());
+        assert_eq!(s(p, m0.build_id), elf::build_id(&exe));
         assert!(m0.has_functions);
-        assert_eq!(locs[leaf].mapping_id, 1);
+        assert_eq!(leaf.mapping_id, 1);
+    }
 
-        // The pseudo sample: one location, no mapping, the named function.
+    /// The pseudo sample: one location, no mapping, the named function.
+    fn check_pseudo_sample(p: &proto::Profile) {
         let pl = p.sample[2].location_id[0];
         assert_eq!(p.sample[2].location_id.len(), 1);
         assert_eq!(p.location[pl as usize - 1].mapping_id, 0);
-        assert_eq!(func_names(&p, pl), ["heaprof::stack_table_overflow"]);
+        assert_eq!(func_names(p, pl), ["heaprof::stack_table_overflow"]);
     }
 
     #[test]
@@ -731,48 +735,6 @@ mod tests {
         assert_eq!(p.location.len(), 1);
         assert_eq!(p.location[ids[0] as usize - 1].address, f as u64);
         assert!(func_names(&p, ids[0])[0].ends_with("builder_test_leaf"));
-    }
-
-    fn frame(name: &str) -> SymFrame {
-        SymFrame {
-            name: name.into(),
-            system_name: name.into(),
-            file: None,
-            line: 1,
-            sym_addr: 0,
-        }
-    }
-
-    #[test]
-    fn trim_counts_inlined_frames() {
-        let pred: fn(&str) -> bool = |n| n.starts_with("alloc::") || n.starts_with("heaprof::");
-        // Outermost matches: the whole PC goes, inlined frames included (even non-matching).
-        let internal = vec![frame("alloc::inner"), frame("heaprof::x")];
-        let callback = vec![frame("user_cb"), frame("heaprof::y")];
-        // Outermost does not match: only its leading matching inlined frames go.
-        let user = vec![
-            frame("alloc::a"),
-            frame("user2"),
-            frame("alloc::b"),
-            frame("main"),
-        ];
-        let refs: Vec<&[SymFrame]> = vec![&internal, &callback, &user, &[]];
-        assert_eq!(leading_trim(&refs, Some(pred)), 5);
-        assert_eq!(split_trim(&refs, 5), (2, 1), "cuts into an inlined PC");
-        let refs: Vec<&[SymFrame]> = vec![&user[1..], &internal];
-        assert_eq!(
-            leading_trim(&refs, Some(pred)),
-            0,
-            "stops at the first non-matching frame"
-        );
-        let only: Vec<&[SymFrame]> = vec![&internal, &callback];
-        assert_eq!(leading_trim(&only, Some(pred)), 0, "all would go: keep all");
-        assert_eq!(leading_trim(&refs, None), 0);
-        // An unresolved PC stops trimming.
-        let unresolved: Vec<&[SymFrame]> = vec![&[], &internal, &user];
-        assert_eq!(leading_trim(&unresolved, Some(pred)), 0);
-        let refs: Vec<&[SymFrame]> = vec![&internal, &[], &user];
-        assert_eq!(split_trim(&refs, leading_trim(&refs, Some(pred))), (1, 0));
     }
 
     #[test]

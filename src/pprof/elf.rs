@@ -29,15 +29,22 @@ const STT_FUNC: u8 = 2;
 /// Refuse symbol tables larger than this (a corrupt header must not make us allocate GBs).
 const MAX_TABLE_BYTES: u64 = 512 << 20;
 
+/// A `PT_LOAD` segment: (file offset, vaddr, file size, executable).
+type Load = (u64, u64, u64, bool);
+/// An area of notes: (file offset, size).
+type NoteArea = (u64, u64);
+/// A function symbol: (value, size, name offset in the string table).
+type Func = (u64, u64, u32);
+
 /// What we need from one ELF file.
 #[derive(Clone, Debug, Default)]
 pub struct ElfInfo {
     /// GNU build ID bytes, if present.
     pub build_id: Option<Vec<u8>>,
-    /// `PT_LOAD` segments: (file offset, vaddr, file size, executable).
-    loads: Vec<(u64, u64, u64, bool)>,
-    /// Function symbols (value, size, name offset in `strtab`), sorted by value, one per value.
-    funcs: Vec<(u64, u64, u32)>,
+    /// `PT_LOAD` segments.
+    loads: Vec<Load>,
+    /// Function symbols (name offsets in `strtab`), sorted by value, one per value.
+    funcs: Vec<Func>,
     /// The string table of the symbol table `funcs` came from.
     strtab: Vec<u8>,
 }
@@ -102,6 +109,17 @@ pub fn build_id(path: &Path) -> String {
 
 fn bad(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Where the program and section header tables are: offset, entry size, entry count.
+struct Header {
+    phoff: u64,
+    phentsize: u64,
+    phnum: u64,
+    shoff: u64,
+    shentsize: u64,
+    /// 0 with extended numbering (the count is then in section 0).
+    shnum: u64,
 }
 
 struct Sect {
@@ -184,100 +202,107 @@ impl Reader {
         }
     }
 
+    /// An ELF header field two bytes wide: at `at64` in ELF64, at `at32` in ELF32.
+    fn half(&self, b: &[u8], at64: usize, at32: usize) -> u64 {
+        self.u16(b, if self.is64 { at64 } else { at32 })
+    }
+
+    /// The file's build ID, `PT_LOAD` table and function symbols: the file header, then the
+    /// program headers, the section headers, the notes and the symbol table they locate.
     fn info(&self) -> io::Result<ElfInfo> {
+        let h = self.header()?;
+        let (loads, segment_notes) = self.program_headers(&h)?;
+        let sects = self.section_headers(&h)?;
+        let build_id = self.build_id(&sects, &segment_notes);
+        let (funcs, strtab) = self.symbols(&sects)?;
+        Ok(ElfInfo {
+            build_id,
+            loads,
+            funcs,
+            strtab,
+        })
+    }
+
+    /// Where the program and section header tables are, from the file header.
+    fn header(&self) -> io::Result<Header> {
         let eh = self.bytes(0, if self.is64 { 64 } else { 52 })?;
-        let phoff = self.word(&eh, 32, 28);
-        let shoff = self.word(&eh, 40, 32);
-        let (phentsize, phnum) = if self.is64 {
-            (self.u16(&eh, 54), self.u16(&eh, 56))
-        } else {
-            (self.u16(&eh, 42), self.u16(&eh, 44))
-        };
-        let (shentsize, mut shnum) = if self.is64 {
-            (self.u16(&eh, 58), self.u16(&eh, 60))
-        } else {
-            (self.u16(&eh, 46), self.u16(&eh, 48))
-        };
+        Ok(Header {
+            phoff: self.word(&eh, 32, 28),
+            shoff: self.word(&eh, 40, 32),
+            phentsize: self.half(&eh, 54, 42),
+            phnum: self.half(&eh, 56, 44),
+            shentsize: self.half(&eh, 58, 46),
+            shnum: self.half(&eh, 60, 48),
+        })
+    }
 
-        // Program headers: PT_LOAD table, PT_NOTE candidates.
-        let mut info = ElfInfo::default();
+    /// The program headers' `PT_LOAD` table and `PT_NOTE` areas (file offset, size).
+    fn program_headers(&self, h: &Header) -> io::Result<(Vec<Load>, Vec<NoteArea>)> {
+        let mut loads = Vec::new();
         let mut notes = Vec::new();
-        if phoff != 0 && phnum != 0 {
-            let ph = self.bytes(phoff, phentsize * phnum)?;
-            for e in ph.chunks_exact(phentsize as usize) {
-                let kind = self.u32(e, 0);
-                let (off, vaddr, filesz, flags) = if self.is64 {
-                    (
-                        self.u64(e, 8),
-                        self.u64(e, 16),
-                        self.u64(e, 32),
-                        self.u32(e, 4),
-                    )
-                } else {
-                    (
-                        u64::from(self.u32(e, 4)),
-                        u64::from(self.u32(e, 8)),
-                        u64::from(self.u32(e, 16)),
-                        self.u32(e, 24),
-                    )
-                };
-                match kind {
-                    PT_LOAD => info.loads.push((off, vaddr, filesz, flags & PF_X != 0)),
-                    PT_NOTE => notes.push((off, filesz)),
-                    _ => {}
-                }
+        if h.phoff == 0 || h.phnum == 0 {
+            return Ok((loads, notes));
+        }
+        let ph = self.bytes(h.phoff, h.phentsize * h.phnum)?;
+        for e in ph.chunks_exact(h.phentsize as usize) {
+            let kind = self.u32(e, 0);
+            let off = self.word(e, 8, 4);
+            let vaddr = self.word(e, 16, 8);
+            let filesz = self.word(e, 32, 16);
+            let flags = self.u32(e, if self.is64 { 4 } else { 24 });
+            match kind {
+                PT_LOAD => loads.push((off, vaddr, filesz, flags & PF_X != 0)),
+                PT_NOTE => notes.push((off, filesz)),
+                _ => {}
             }
         }
+        Ok((loads, notes))
+    }
 
-        // Section headers: SHT_NOTE for the build ID, SHT_SYMTAB (else SHT_DYNSYM) for symbols.
-        let mut sects = Vec::new();
-        if shoff != 0 {
-            if shnum == 0 {
-                // Extended numbering: the count is in section 0's sh_size.
-                let s0 = self.bytes(shoff, shentsize)?;
-                shnum = self.word(&s0, 32, 20);
-            }
-            let sh = self.bytes(shoff, shentsize * shnum)?;
-            for e in sh.chunks_exact(shentsize as usize) {
-                sects.push(Sect {
-                    kind: self.u32(e, 4),
-                    link: self.u32(e, if self.is64 { 40 } else { 24 }),
-                    offset: self.word(e, 24, 16),
-                    size: self.word(e, 32, 20),
-                    entsize: self.word(e, 56, 36),
-                });
-            }
+    /// The section headers; none if the file has no section header table.
+    fn section_headers(&self, h: &Header) -> io::Result<Vec<Sect>> {
+        if h.shoff == 0 {
+            return Ok(Vec::new());
         }
-        let sect_notes: Vec<(u64, u64)> = sects
+        let shnum = if h.shnum != 0 {
+            h.shnum
+        } else {
+            // Extended numbering: the count is in section 0's sh_size.
+            let s0 = self.bytes(h.shoff, h.shentsize)?;
+            self.word(&s0, 32, 20)
+        };
+        let sh = self.bytes(h.shoff, h.shentsize * shnum)?;
+        Ok(sh
+            .chunks_exact(h.shentsize as usize)
+            .map(|e| Sect {
+                kind: self.u32(e, 4),
+                link: self.u32(e, if self.is64 { 40 } else { 24 }),
+                offset: self.word(e, 24, 16),
+                size: self.word(e, 32, 20),
+                entsize: self.word(e, 56, 36),
+            })
+            .collect())
+    }
+
+    /// The GNU build ID from the first note that holds one: in the `SHT_NOTE` sections, or in
+    /// the `PT_NOTE` segments when the file has no section headers.
+    fn build_id(&self, sects: &[Sect], segment_notes: &[NoteArea]) -> Option<Vec<u8>> {
+        let section_notes: Vec<NoteArea> = sects
             .iter()
             .filter(|s| s.kind == SHT_NOTE)
             .map(|s| (s.offset, s.size))
             .collect();
         let note_areas = if sects.is_empty() {
-            &notes
+            segment_notes
         } else {
-            &sect_notes
+            &section_notes
         };
-        for &(off, size) in note_areas {
-            if let Some(id) = self.find_build_id(off, size) {
-                info.build_id = Some(id);
-                break;
-            }
-        }
-
-        let table = sects
+        note_areas
             .iter()
-            .find(|s| s.kind == SHT_SYMTAB)
-            .or_else(|| sects.iter().find(|s| s.kind == SHT_DYNSYM));
-        if let Some(t) = table {
-            info.funcs = self.func_symbols(t)?;
-            if let Some(st) = sects.get(t.link as usize) {
-                info.strtab = self.bytes(st.offset, st.size)?;
-            }
-        }
-        Ok(info)
+            .find_map(|&(off, size)| self.find_build_id(off, size))
     }
 
+    /// The desc of the first `NT_GNU_BUILD_ID` note named `GNU` in the note area at `off`.
     fn find_build_id(&self, off: u64, size: u64) -> Option<Vec<u8>> {
         let b = self.bytes(off, size).ok()?;
         let mut p = 0usize;
@@ -300,7 +325,26 @@ impl Reader {
         None
     }
 
-    fn func_symbols(&self, t: &Sect) -> io::Result<Vec<(u64, u64, u32)>> {
+    /// The function symbols of `SHT_SYMTAB` (else `SHT_DYNSYM`) and the string table that
+    /// table links to; both empty if the file has neither.
+    fn symbols(&self, sects: &[Sect]) -> io::Result<(Vec<Func>, Vec<u8>)> {
+        let table = sects
+            .iter()
+            .find(|s| s.kind == SHT_SYMTAB)
+            .or_else(|| sects.iter().find(|s| s.kind == SHT_DYNSYM));
+        let Some(t) = table else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let funcs = self.func_symbols(t)?;
+        let strtab = match sects.get(t.link as usize) {
+            Some(st) => self.bytes(st.offset, st.size)?,
+            None => Vec::new(),
+        };
+        Ok((funcs, strtab))
+    }
+
+    /// The function symbols of table `t`, sorted by value, one per value.
+    fn func_symbols(&self, t: &Sect) -> io::Result<Vec<Func>> {
         let entsize = if t.entsize != 0 {
             t.entsize
         } else if self.is64 {
@@ -311,22 +355,7 @@ impl Reader {
         let b = self.bytes(t.offset, t.size)?;
         let mut out: Vec<(u64, u64, u32, bool)> = b
             .chunks_exact(entsize as usize)
-            .filter_map(|e| {
-                let name = self.u32(e, 0);
-                let (info, shndx, value, size) = if self.is64 {
-                    (e[4], self.u16(e, 6), self.u64(e, 8), self.u64(e, 16))
-                } else {
-                    (
-                        e[12],
-                        self.u16(e, 14),
-                        u64::from(self.u32(e, 4)),
-                        u64::from(self.u32(e, 8)),
-                    )
-                };
-                let global = info >> 4 != 0; // STB_GLOBAL or STB_WEAK
-                (info & 0xf == STT_FUNC && shndx != 0 && value != 0)
-                    .then_some((value, size, name, global))
-            })
+            .filter_map(|e| self.func_entry(e))
             .collect();
         // Aliases at one address: prefer the largest size, then a global, then the lowest
         // name offset, so the choice is deterministic.
@@ -338,6 +367,23 @@ impl Reader {
         });
         out.dedup_by_key(|e| e.0);
         Ok(out.into_iter().map(|(v, s, n, _)| (v, s, n)).collect())
+    }
+
+    /// A symbol table entry that defines a function: (value, size, name offset, global).
+    fn func_entry(&self, e: &[u8]) -> Option<(u64, u64, u32, bool)> {
+        let name = self.u32(e, 0);
+        let (info, shndx, value, size) = if self.is64 {
+            (e[4], self.u16(e, 6), self.u64(e, 8), self.u64(e, 16))
+        } else {
+            (
+                e[12],
+                self.u16(e, 14),
+                u64::from(self.u32(e, 4)),
+                u64::from(self.u32(e, 8)),
+            )
+        };
+        let global = info >> 4 != 0; // STB_GLOBAL or STB_WEAK
+        (info & 0xf == STT_FUNC && shndx != 0 && value != 0).then_some((value, size, name, global))
     }
 }
 

@@ -1,8 +1,8 @@
 //! The encoding layer: the pprof machinery every profile kind writes through, and the
 //! reader. Protobuf messages ([`proto`]), the profile builder ([`builder`]), symbolization
 //! ([`symbolize`]), `/proc/self/maps` and ELF build IDs ([`maps`], [`elf`]), the legacy
-//! `debug=1` text formats ([`text`]), stacks merged and the pseudo-frames ([`stack_groups`]),
-//! helpers for trimming policies ([`trim`]),
+//! `debug=1` text formats ([`text`]), the leading-frame trimming both apply and the helpers
+//! of trimming policies ([`trim`]), stacks merged and the pseudo-frames ([`stack_groups`]),
 //! the count-profile writer ([`count_writer`]), reading profiles back ([`read`]) and delta
 //! profiles ([`delta`]). Knows no profile kind.
 //!

@@ -178,81 +178,32 @@ impl ProfileData {
 /// ```
 pub fn read_profile(bytes: &[u8]) -> Result<ProfileData, Error> {
     let p = decode(bytes)?;
-    let bad = |m: String| Error::InvalidProfile(m);
-    let s = |i: i64| -> Result<String, Error> {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| p.string_table.get(i))
-            .cloned()
-            .ok_or_else(|| bad(format!("string index {i} is outside the string table")))
-    };
-    let value_type = |t: &proto::ValueType| -> Result<SampleType, Error> {
-        Ok(SampleType {
-            name: s(t.r#type)?,
-            unit: s(t.unit)?,
-        })
-    };
+    let strings = &p.string_table;
     let sample_types = p
         .sample_type
         .iter()
-        .map(value_type)
+        .map(|t| sample_type(strings, t))
         .collect::<Result<Vec<_>, _>>()?;
-    let funcs: HashMap<u64, String> = p
-        .function
+    let locs = location_names(&p)?;
+    let samples = p
+        .sample
         .iter()
-        .map(|f| Ok((f.id, s(f.name)?)))
-        .collect::<Result<_, Error>>()?;
-    let mut locs: HashMap<u64, Vec<String>> = HashMap::with_capacity(p.location.len());
-    for l in &p.location {
-        let names = if l.line.is_empty() {
-            vec![format!("{:#x}", l.address)]
-        } else {
-            l.line
-                .iter()
-                .map(|line| {
-                    funcs.get(&line.function_id).cloned().ok_or_else(|| {
-                        bad(format!(
-                            "location {} refers to function id {}, which is not in the profile",
-                            l.id, line.function_id
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        };
-        locs.insert(l.id, names);
-    }
-    let mut samples = Vec::with_capacity(p.sample.len());
-    for (n, sample) in p.sample.iter().enumerate() {
-        if sample.value.len() != sample_types.len() {
-            return Err(bad(format!(
-                "sample {n} has {} values for {} sample types",
-                sample.value.len(),
-                sample_types.len()
-            )));
-        }
-        let mut stack = Vec::with_capacity(sample.location_id.len());
-        for id in &sample.location_id {
-            let names = locs.get(id).ok_or_else(|| {
-                bad(format!(
-                    "sample {n} refers to location id {id}, which is not in the profile"
-                ))
-            })?;
-            stack.extend(names.iter().cloned());
-        }
-        samples.push(StackSample {
-            stack,
-            values: sample.value.clone(),
-        });
-    }
+        .enumerate()
+        .map(|(n, sample)| stack_sample(n, sample, &locs, sample_types.len()))
+        .collect::<Result<_, _>>()?;
     let default_sample_type = match p.default_sample_type {
         0 => None,
-        i => Some(s(i)?),
+        i => Some(string(strings, i)?),
     };
     let period_type = match &p.period_type {
-        Some(t) if t.r#type != 0 || t.unit != 0 => Some(value_type(t)?),
+        Some(t) if t.r#type != 0 || t.unit != 0 => Some(sample_type(strings, t)?),
         _ => None,
     };
-    let comments = p.comment.iter().map(|&i| s(i)).collect::<Result<_, _>>()?;
+    let comments = p
+        .comment
+        .iter()
+        .map(|&i| string(strings, i))
+        .collect::<Result<_, _>>()?;
     Ok(ProfileData {
         sample_types,
         default_sample_type,
@@ -262,6 +213,86 @@ pub fn read_profile(bytes: &[u8]) -> Result<ProfileData, Error> {
         duration_nanos: p.duration_nanos,
         samples,
         comments,
+    })
+}
+
+/// String `i` of the string table; an index outside it is an error.
+fn string(strings: &[String], i: i64) -> Result<String, Error> {
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| strings.get(i))
+        .cloned()
+        .ok_or_else(|| {
+            Error::InvalidProfile(format!("string index {i} is outside the string table"))
+        })
+}
+
+/// A sample type (or the period type) with its strings looked up.
+fn sample_type(strings: &[String], t: &proto::ValueType) -> Result<SampleType, Error> {
+    Ok(SampleType {
+        name: string(strings, t.r#type)?,
+        unit: string(strings, t.unit)?,
+    })
+}
+
+/// Each location's function names by location id, innermost inlined frame first; a
+/// location without lines is named by its address.
+fn location_names(p: &proto::Profile) -> Result<HashMap<u64, Vec<String>>, Error> {
+    let funcs: HashMap<u64, String> = p
+        .function
+        .iter()
+        .map(|f| Ok((f.id, string(&p.string_table, f.name)?)))
+        .collect::<Result<_, Error>>()?;
+    p.location
+        .iter()
+        .map(|l| Ok((l.id, function_names(l, &funcs)?)))
+        .collect()
+}
+
+/// The names of location `l`'s lines, from `funcs`; its address if it has no lines.
+fn function_names(l: &proto::Location, funcs: &HashMap<u64, String>) -> Result<Vec<String>, Error> {
+    if l.line.is_empty() {
+        return Ok(vec![format!("{:#x}", l.address)]);
+    }
+    l.line
+        .iter()
+        .map(|line| {
+            funcs.get(&line.function_id).cloned().ok_or_else(|| {
+                Error::InvalidProfile(format!(
+                    "location {} refers to function id {}, which is not in the profile",
+                    l.id, line.function_id
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Sample number `n` as a stack of names: its locations' names in order, each location
+/// expanded to its inlined frames. It must have one value per sample type.
+fn stack_sample(
+    n: usize,
+    sample: &proto::Sample,
+    locs: &HashMap<u64, Vec<String>>,
+    sample_types: usize,
+) -> Result<StackSample, Error> {
+    if sample.value.len() != sample_types {
+        return Err(Error::InvalidProfile(format!(
+            "sample {n} has {} values for {sample_types} sample types",
+            sample.value.len(),
+        )));
+    }
+    let mut stack = Vec::with_capacity(sample.location_id.len());
+    for id in &sample.location_id {
+        let names = locs.get(id).ok_or_else(|| {
+            Error::InvalidProfile(format!(
+                "sample {n} refers to location id {id}, which is not in the profile"
+            ))
+        })?;
+        stack.extend(names.iter().cloned());
+    }
+    Ok(StackSample {
+        stack,
+        values: sample.value.clone(),
     })
 }
 
@@ -288,42 +319,61 @@ fn human_bytes(v: i64) -> String {
 /// ```
 pub fn top_table(bytes: &[u8], n: usize) -> Result<String, Error> {
     let p = decode(bytes)?;
-    let s = |i: i64| {
-        p.string_table
-            .get(i as usize)
-            .map(String::as_str)
-            .unwrap_or("")
+    let columns = top_columns(&p);
+    let rows = top_rows(&p, &columns);
+    let bytes_unit = str_at(&p, p.sample_type[columns.first.0].unit) == "bytes";
+    Ok(format_top(&columns, bytes_unit, rows.into_iter().take(n)))
+}
+
+/// The value columns of a `top` table: (sample index, heading) each.
+struct TopColumns<'p> {
+    /// The column rows are sorted by.
+    first: (usize, &'p str),
+    second: Option<(usize, &'p str)>,
+}
+
+/// String `i` of `p`'s string table, `""` if there is none (a `top` table shows what it can).
+fn str_at(p: &proto::Profile, i: i64) -> &str {
+    p.string_table
+        .get(i as usize)
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+/// In-use then allocated bytes for a heap profile; else the last sample type alone.
+fn top_columns(p: &proto::Profile) -> TopColumns<'_> {
+    let index_of = |name: &str| {
+        p.sample_type
+            .iter()
+            .position(|t| str_at(p, t.r#type) == name)
     };
-    let index_of = |name: &str| p.sample_type.iter().position(|t| s(t.r#type) == name);
-    let (first, second) = match (index_of("inuse_space"), index_of("alloc_space")) {
-        (Some(i), Some(a)) => ((i, "in-use"), Some((a, "allocated"))),
-        _ => (
-            (
-                p.sample_type.len() - 1,
-                s(p.sample_type[p.sample_type.len() - 1].r#type),
-            ),
-            None,
-        ),
-    };
+    match (index_of("inuse_space"), index_of("alloc_space")) {
+        (Some(i), Some(a)) => TopColumns {
+            first: (i, "in-use"),
+            second: Some((a, "allocated")),
+        },
+        _ => {
+            let last = p.sample_type.len() - 1;
+            TopColumns {
+                first: (last, str_at(p, p.sample_type[last].r#type)),
+                second: None,
+            }
+        }
+    }
+}
+
+/// Per leaf function, the sums of the columns' values over its samples; largest first by the
+/// first column, then the second, then by name.
+fn top_rows(p: &proto::Profile, columns: &TopColumns) -> Vec<(String, (i64, i64))> {
     let locs: HashMap<u64, &proto::Location> = p.location.iter().map(|l| (l.id, l)).collect();
     let funcs: HashMap<u64, &proto::Function> = p.function.iter().map(|f| (f.id, f)).collect();
     let mut by_fn: HashMap<String, (i64, i64)> = HashMap::new();
     for sample in &p.sample {
-        let name = sample
-            .location_id
-            .first()
-            .and_then(|id| locs.get(id))
-            .and_then(|l| l.line.first())
-            .and_then(|line| funcs.get(&line.function_id))
-            .map(|f| s(f.name).to_string())
-            .or_else(|| {
-                let l = locs.get(sample.location_id.first()?)?;
-                Some(format!("{:#x}", l.address))
-            })
-            .unwrap_or_else(|| "<no stack>".into());
-        let e = by_fn.entry(name).or_default();
-        e.0 += sample.value.get(first.0).copied().unwrap_or(0);
-        if let Some((i, _)) = second {
+        let e = by_fn
+            .entry(leaf_name(p, sample, &locs, &funcs))
+            .or_default();
+        e.0 += sample.value.get(columns.first.0).copied().unwrap_or(0);
+        if let Some((i, _)) = columns.second {
             e.1 += sample.value.get(i).copied().unwrap_or(0);
         }
     }
@@ -334,7 +384,38 @@ pub fn top_table(bytes: &[u8], n: usize) -> Result<String, Error> {
             .then(b.1 .1.cmp(&a.1 .1))
             .then(a.0.cmp(&b.0))
     });
-    let bytes_unit = s(p.sample_type[first.0].unit) == "bytes";
+    rows
+}
+
+/// The leaf function of `sample`: its first location's innermost function, else that
+/// location's address, else `<no stack>`.
+fn leaf_name(
+    p: &proto::Profile,
+    sample: &proto::Sample,
+    locs: &HashMap<u64, &proto::Location>,
+    funcs: &HashMap<u64, &proto::Function>,
+) -> String {
+    sample
+        .location_id
+        .first()
+        .and_then(|id| locs.get(id))
+        .and_then(|l| l.line.first())
+        .and_then(|line| funcs.get(&line.function_id))
+        .map(|f| str_at(p, f.name).to_string())
+        .or_else(|| {
+            let l = locs.get(sample.location_id.first()?)?;
+            Some(format!("{:#x}", l.address))
+        })
+        .unwrap_or_else(|| "<no stack>".into())
+}
+
+/// The table: a heading line, then one line per row, the name cut to 60 characters (from
+/// the left) and the values in bytes (`KiB`, `MiB`, ...) if `bytes_unit`.
+fn format_top(
+    columns: &TopColumns,
+    bytes_unit: bool,
+    rows: impl Iterator<Item = (String, (i64, i64))>,
+) -> String {
     let fmt = |v: i64| {
         if bytes_unit {
             human_bytes(v)
@@ -343,32 +424,35 @@ pub fn top_table(bytes: &[u8], n: usize) -> Result<String, Error> {
         }
     };
     let mut out = String::new();
-    let _ = write!(out, "{:<60} {:>12}", "function", first.1);
-    if let Some((_, label)) = second {
+    let _ = write!(out, "{:<60} {:>12}", "function", columns.first.1);
+    if let Some((_, label)) = columns.second {
         let _ = write!(out, " {label:>12}");
     }
     out.push('\n');
-    for (name, (a, b)) in rows.into_iter().take(n) {
-        let shown: String = if name.chars().count() > 60 {
-            let tail: String = name
-                .chars()
-                .rev()
-                .take(59)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("…{tail}")
-        } else {
-            name
-        };
-        let _ = write!(out, "{shown:<60} {:>12}", fmt(a));
-        if second.is_some() {
+    for (name, (a, b)) in rows {
+        let _ = write!(out, "{:<60} {:>12}", last_60_chars(name), fmt(a));
+        if columns.second.is_some() {
             let _ = write!(out, " {:>12}", fmt(b));
         }
         out.push('\n');
     }
-    Ok(out)
+    out
+}
+
+/// `name` if it has at most 60 characters, else `…` and its last 59.
+fn last_60_chars(name: String) -> String {
+    if name.chars().count() <= 60 {
+        return name;
+    }
+    let tail: String = name
+        .chars()
+        .rev()
+        .take(59)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
 }
 
 #[cfg(test)]

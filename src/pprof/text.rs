@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::builder::{leading_trim, split_trim};
 use super::maps::MapEntry;
+use super::trim::{leading_trim, split_trim};
 use crate::pprof::symbolize::{SymFrame, Symbolizer};
 
 /// One count-profile entry group: `count` entries with this stack (return addresses, leaf
@@ -261,35 +261,8 @@ pub fn write_heap_text<W: Write>(
     sym: &mut Symbolizer,
     trim: Option<fn(&str) -> bool>,
 ) -> io::Result<()> {
-    let mut rows: Vec<(&HeapRecord, Rendered)> = records
-        .iter()
-        .map(|r| (r, render(r.stack, sym, trim)))
-        .collect();
-    rows.sort_by(|(a, ra), (b, rb)| {
-        b.inuse_bytes
-            .cmp(&a.inuse_bytes)
-            .then(b.alloc_bytes.cmp(&a.alloc_bytes))
-            .then(b.inuse_objects.cmp(&a.inuse_objects))
-            .then(b.alloc_objects.cmp(&a.alloc_objects))
-            .then_with(|| ra.addrs.cmp(&rb.addrs))
-    });
-    let (mut i, mut ib, mut a, mut ab) = (0i64, 0i64, 0i64, 0i64);
-    for r in records {
-        i = i.saturating_add(r.inuse_objects);
-        ib = ib.saturating_add(r.inuse_bytes);
-        a = a.saturating_add(r.alloc_objects);
-        ab = ab.saturating_add(r.alloc_bytes);
-    }
-    if ib == ab {
-        ab = ab.saturating_add(1);
-    }
-
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "heap profile: {i}: {ib} [{a}: {ab}] @ heap/{}",
-        rate.saturating_mul(2)
-    );
+    let rows = sorted_heap_rows(records, sym, trim);
+    let mut out = heap_header(rate, records);
     for (r, Rendered { addrs, comments }) in &rows {
         let _ = writeln!(
             out,
@@ -308,6 +281,47 @@ pub fn write_heap_text<W: Write>(
     w.write_all(out.as_bytes())?;
     write_memory_map(&mut w, sym)?;
     w.flush()
+}
+
+/// Each record with its stack rendered, sorted by in-use bytes desc (ties: alloc bytes desc,
+/// in-use then alloc objects desc, then address text).
+fn sorted_heap_rows<'r>(
+    records: &'r [HeapRecord<'r>],
+    sym: &mut Symbolizer,
+    trim: Option<fn(&str) -> bool>,
+) -> Vec<(&'r HeapRecord<'r>, Rendered)> {
+    let mut rows: Vec<(&HeapRecord, Rendered)> = records
+        .iter()
+        .map(|r| (r, render(r.stack, sym, trim)))
+        .collect();
+    rows.sort_by(|(a, ra), (b, rb)| {
+        b.inuse_bytes
+            .cmp(&a.inuse_bytes)
+            .then(b.alloc_bytes.cmp(&a.alloc_bytes))
+            .then(b.inuse_objects.cmp(&a.inuse_objects))
+            .then(b.alloc_objects.cmp(&a.alloc_objects))
+            .then_with(|| ra.addrs.cmp(&rb.addrs))
+    });
+    rows
+}
+
+/// The `heap profile: I: IB [A: AB] @ heap/2R` line: the totals of the records (AB + 1 if it
+/// equals IB) and twice the rate.
+fn heap_header(rate: u64, records: &[HeapRecord]) -> String {
+    let (mut i, mut ib, mut a, mut ab) = (0i64, 0i64, 0i64, 0i64);
+    for r in records {
+        i = i.saturating_add(r.inuse_objects);
+        ib = ib.saturating_add(r.inuse_bytes);
+        a = a.saturating_add(r.alloc_objects);
+        ab = ab.saturating_add(r.alloc_bytes);
+    }
+    if ib == ab {
+        ab = ab.saturating_add(1);
+    }
+    format!(
+        "heap profile: {i}: {ib} [{a}: {ab}] @ heap/{}\n",
+        rate.saturating_mul(2)
+    )
 }
 
 #[cfg(test)]
@@ -389,12 +403,16 @@ mod tests {
         // The empty stack got the pseudo frame.
         assert_eq!(samples[1], format!("4 @ {:#x}", empty_stack_addr()));
         assert!(text.contains("\theaprof::pprof::text::empty_stack_event+0x"));
-        // Trimmed: the first address is in our function, not in backtrace's.
-        let first = samples[0].split(' ').nth(2).unwrap();
+        check_trimmed_to_our_leaf(&text, samples[0]);
+        check_count_body_then_memory_map(&text);
+    }
+
+    /// Trimmed: the first address of `sample` is in our function, not in backtrace's.
+    fn check_trimmed_to_our_leaf(text: &str, sample: &str) {
+        let first = sample.split(' ').nth(2).unwrap();
         let pc = format!("{:#x}", usize::from_str_radix(&first[2..], 16).unwrap() - 1);
-        let block: Vec<&str> = lines
-            .iter()
-            .copied()
+        let block: Vec<&str> = text
+            .lines()
             .filter(|l| l.starts_with(&format!("#\t{pc}\t")))
             .collect();
         assert!(
@@ -406,7 +424,11 @@ mod tests {
         );
         assert!(block.last().unwrap().contains("text.rs:"));
         assert!(!text.contains("\tbacktrace::"));
-        // Every non-sample line before the map is a comment or blank.
+    }
+
+    /// Every non-sample line before the map is a comment or blank; the map has this
+    /// executable's code.
+    fn check_count_body_then_memory_map(text: &str) {
         let body = text.split("--- Memory map: ---").next().unwrap();
         for l in body.lines().skip(1) {
             assert!(
@@ -419,6 +441,17 @@ mod tests {
         assert!(map
             .lines()
             .any(|l| l.ends_with(exe.to_str().unwrap()) && l.contains(" r-xp ")));
+    }
+
+    fn heap_text(
+        rate: u64,
+        recs: &[HeapRecord],
+        stats: &[(&str, String)],
+        trim: Option<fn(&str) -> bool>,
+    ) -> String {
+        let mut out = Vec::new();
+        write_heap_text(&mut out, rate, recs, stats, &mut Symbolizer::new(), trim).unwrap();
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -441,17 +474,7 @@ mod tests {
             },
         ];
         let stats = [("Alloc", "123".to_string()), ("Sys", "456".to_string())];
-        let mut out = Vec::new();
-        write_heap_text(
-            &mut out,
-            524288,
-            &recs,
-            &stats,
-            &mut Symbolizer::new(),
-            Some(is_bt),
-        )
-        .unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = heap_text(524288, &recs, &stats, Some(is_bt));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0], "heap profile: 3: 74 [3: 75] @ heap/1048576",
@@ -468,7 +491,11 @@ mod tests {
         assert!(second > 1);
         assert!(text.contains("\n# heaprof.MemStats\n# Alloc = 123\n# Sys = 456\n"));
         assert!(text.contains("\n--- Memory map: ---\n"));
+    }
 
+    #[test]
+    fn heap_text_without_stats_or_trim() {
+        let a = text_test_leaf();
         let recs = [HeapRecord {
             inuse_objects: 1,
             inuse_bytes: 8,
@@ -476,9 +503,7 @@ mod tests {
             alloc_bytes: 24,
             stack: &a,
         }];
-        let mut out = Vec::new();
-        write_heap_text(&mut out, 1, &recs, &[], &mut Symbolizer::new(), None).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = heap_text(1, &recs, &[], None);
         assert!(text.starts_with("heap profile: 1: 8 [3: 24] @ heap/2\n"));
         assert!(!text.contains("MemStats"));
         assert!(
