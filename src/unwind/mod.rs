@@ -52,13 +52,14 @@ mod fp;
 mod modules;
 mod suffix;
 
+use core::ops::ControlFlow;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use framehop::{FrameAddress, UnwindRegsNative, Unwinder as _};
 
 use cache_pool::CacheSet;
 use modules::State;
-use suffix::StepState;
+use suffix::{StepState, SuffixCache};
 
 /// Maximum frames captured; deeper stacks are truncated (the outermost frames are dropped,
 /// see the module docs).
@@ -230,38 +231,62 @@ fn capture_from(
         may_refresh: true,
     };
     // framehop is not expected to panic, but a panic must not unwind out of the allocator.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-        || match cache_pool::try_lease(true).or_else(|| {
-            core::hint::spin_loop();
-            cache_pool::try_lease(true)
-        }) {
-            Some(mut lease) => {
-                let w = walk.run(state, lease.cache(), frames);
-                lease.count(w.suffix_hit as u64, w.steps);
-                let n = w.frames;
-                let id = match lease.cache().suffix.memo() {
-                    _ if !wants_id => None,
-                    Some(&mut kept) if kept != 0 => Some(kept),
-                    Some(keep) => {
-                        let id = interned(&frames[..n]);
-                        *keep = id.unwrap_or(0);
-                        id
-                    }
-                    None => interned(&frames[..n]),
-                };
-                (n, id)
-            }
-            None => {
-                POOL_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
-                let mut tmp = CacheSet::new();
-                let w = walk.run(state, &mut tmp, frames);
-                SUFFIX_HITS.fetch_add(w.suffix_hit as u64, Ordering::Relaxed);
-                STEPS.fetch_add(w.steps, Ordering::Relaxed);
-                (w.frames, interned(&frames[..w.frames]))
-            }
-        },
-    ))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        walk_with_cache(walk, state, frames, wants_id, &mut interned)
+    }))
     .unwrap_or((0, None))
+}
+
+/// [`capture_from`]'s DWARF walk, on a pooled cache (one retry if all are busy), else on a
+/// temporary one; counts the walk's suffix statistics and returns what `interned` (or the
+/// suffix cache's memo, [`kept_or_interned`]) gives as the frames' id.
+#[inline(always)]
+fn walk_with_cache(
+    walk: Walk,
+    state: &'static State,
+    frames: &mut [usize],
+    wants_id: bool,
+    interned: &mut impl FnMut(&[usize]) -> Option<u32>,
+) -> (usize, Option<u32>) {
+    let Some(mut lease) = cache_pool::try_lease(true).or_else(|| {
+        core::hint::spin_loop();
+        cache_pool::try_lease(true)
+    }) else {
+        POOL_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
+        let mut tmp = CacheSet::new();
+        let w = walk.run(state, &mut tmp, frames);
+        SUFFIX_HITS.fetch_add(w.suffix_hit as u64, Ordering::Relaxed);
+        STEPS.fetch_add(w.steps, Ordering::Relaxed);
+        return (w.frames, interned(&frames[..w.frames]));
+    };
+    let w = walk.run(state, lease.cache(), frames);
+    lease.count(w.suffix_hit as u64, w.steps);
+    let n = w.frames;
+    if !wants_id {
+        return (n, None);
+    }
+    let id = kept_or_interned(lease.cache().suffix.memo(), &frames[..n], interned);
+    (n, id)
+}
+
+/// The stack-table id of `frames`, the walk just done on a leased cache: the one kept in the
+/// suffix cache's `memo` for its record, else `interned`'s (kept there for the next walk
+/// that repeats this one).
+#[inline(always)]
+fn kept_or_interned(
+    memo: Option<&mut u32>,
+    frames: &[usize],
+    interned: &mut impl FnMut(&[usize]) -> Option<u32>,
+) -> Option<u32> {
+    match memo {
+        Some(&mut kept) if kept != 0 => Some(kept),
+        Some(keep) => {
+            let id = interned(frames);
+            *keep = id.unwrap_or(0);
+            id
+        }
+        None => interned(frames),
+    }
 }
 
 /// Async-signal-safe capture from a signal handler's `ucontext_t`.
@@ -364,7 +389,7 @@ fn read_word(addr: u64, lo: usize, hi: usize) -> Result<u64, ()> {
 struct Walk {
     first: FrameAddress,
     regs: Regs,
-    /// Readable stack range of the stack the walk is currently on.
+    /// Readable stack range of the stack the walk starts on.
     lo: usize,
     hi: usize,
     /// Record `first` as `frames[0]` (handler) or only unwind through it (`capture`'s frame).
@@ -375,118 +400,223 @@ struct Walk {
 
 impl Walk {
     /// Unwind into `frames`; the result says how many were written. Terminates: every
-    /// iteration records a frame (bounded by `frames.len()`), crosses a signal frame (bounded
-    /// by MAX_SIGNAL_FRAMES), or stops; the first iteration may record nothing.
-    fn run(
-        self,
-        mut state: &'static State,
-        caches: &mut CacheSet,
-        frames: &mut [usize],
-    ) -> WalkResult {
-        let Walk {
-            first,
-            regs,
-            mut lo,
-            mut hi,
-            mut record_first,
-            may_refresh,
-        } = self;
-        let mut address = first;
-        let mut regs = UnwindRegsNative::new(regs.pc as u64, regs.sp as u64, regs.bp as u64);
-        let mut refreshed = !may_refresh;
-        let mut signal_frames = 0;
-        let mut n = 0;
-        let (mut suffix_hit, mut steps) = (false, 0u64);
-        // The suffix cache serves `capture` (not signal handlers, whose walks may start on
-        // a different stack each time and cross signal frames).
-        let use_suffix = may_refresh;
-        if use_suffix {
+    /// [`Cursor::step`] records a frame (bounded by `frames.len()`), crosses a signal frame
+    /// (bounded by MAX_SIGNAL_FRAMES), or ends the walk; the first step may record nothing.
+    fn run(self, state: &'static State, caches: &mut CacheSet, frames: &mut [usize]) -> WalkResult {
+        // framehop unwinds the registers in place, through a reference: they live here, not
+        // in the cursor, so that the cursor's own fields can stay in machine registers.
+        let r = self.regs;
+        let mut regs = UnwindRegsNative::new(r.pc as u64, r.sp as u64, r.bp as u64);
+        let mut at = Cursor::start(self, state, &mut regs);
+        if at.use_suffix {
             caches.suffix.begin(state as *const State as usize);
         }
-        loop {
-            let addr = address.address() as usize;
-            if use_suffix {
-                let s = StepState {
-                    address: (address.address() << 1) | address.is_return_address() as u64,
-                    ip: regs.ip(),
-                    sp: regs.sp(),
-                    bp: regs.bp(),
-                    records: record_first,
-                };
-                if let Some(tail) = caches.suffix.step(s, n, |a| read_word(a, lo, hi).ok()) {
-                    suffix_hit = true;
-                    let take = tail.len().min(frames.len() - n);
-                    frames[n..n + take].copy_from_slice(&tail[..take]);
-                    n += take;
-                    break;
-                }
-            }
-            if address.is_return_address() && state.is_sigreturn_trampoline(addr) {
-                signal_frames += 1;
-                let Some(r) = (signal_frames <= MAX_SIGNAL_FRAMES)
-                    .then(|| signal_frame_regs(regs.sp() as usize, lo, hi))
-                    .flatten()
-                else {
-                    break;
-                };
-                let Some((nlo, nhi)) = bounds::readable_from(r.sp) else {
-                    break;
-                };
-                (lo, hi) = (nlo, nhi);
-                address = FrameAddress::from_instruction_pointer(r.pc as u64);
-                regs = UnwindRegsNative::new(r.pc as u64, r.sp as u64, r.bp as u64);
-                record_first = true;
-                continue;
-            }
-            if record_first {
-                if n == frames.len() {
-                    break;
-                }
-                frames[n] = addr;
-                n += 1;
-            }
-            record_first = true;
-            let lookup = address.address_for_lookup() as usize;
-            if !state.is_known(lookup) {
-                if refreshed {
-                    break;
-                }
-                refreshed = true;
-                match modules::rebuild_if_changed() {
-                    Some(s) if s.is_known(lookup) => state = s,
-                    _ => break,
-                }
-            }
-            if use_suffix {
-                steps += 1;
-            }
-            let (rules, suffix) = caches.split(lookup as u64);
-            let mut read = |a: u64| {
-                let v = read_word(a, lo, hi);
-                if use_suffix {
-                    suffix.read(a, v.ok());
-                }
-                v
-            };
-            match state
-                .unwinder
-                .unwind_frame(address, &mut regs, rules, &mut read)
-            {
-                Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
-                    Some(next) => address = next,
-                    None => break,
-                },
-                _ => break,
-            }
-        }
-        if use_suffix {
+        while at.step(caches, frames).is_continue() {}
+        if at.use_suffix {
             // A walk that crossed a signal frame read memory the record does not cover.
-            caches.suffix.finish(&frames[..n], signal_frames == 0);
+            caches.suffix.finish(&frames[..at.n], at.signal_frames == 0);
         }
         WalkResult {
-            frames: n,
-            suffix_hit,
-            steps,
+            frames: at.n,
+            suffix_hit: at.suffix_hit,
+            steps: at.steps,
+        }
+    }
+}
+
+/// A walk in progress: the frame it is at, the registers there, the stack it is on, and
+/// what it has done so far. Its methods are the phases of one step, inlined into
+/// [`Walk::run`]'s loop; each returns `Break` when the walk ends.
+struct Cursor<'r> {
+    /// The module list in use (replaced once if a refresh finds the module of a new PC).
+    state: &'static State,
+    /// The frame to unwind next, and the registers in it.
+    address: FrameAddress,
+    regs: &'r mut UnwindRegsNative,
+    /// Readable stack range of the stack the walk is currently on.
+    lo: usize,
+    hi: usize,
+    /// Record the frame at `address` (false only at `capture`'s own frame).
+    records: bool,
+    /// The module list may not be refreshed (again): done once, or in a signal handler.
+    refreshed: bool,
+    /// Signal frames crossed so far.
+    signal_frames: usize,
+    /// The suffix cache serves `capture` (not signal handlers, whose walks may start on a
+    /// different stack each time and cross signal frames).
+    use_suffix: bool,
+    /// Frames written so far.
+    n: usize,
+    /// Whether the walk reused the previous walk's tail, and the steps it unwound (counted
+    /// only with the suffix cache).
+    suffix_hit: bool,
+    steps: u64,
+}
+
+impl<'r> Cursor<'r> {
+    /// The cursor at `walk`'s first frame, whose registers are `regs`.
+    #[inline(always)]
+    fn start(walk: Walk, state: &'static State, regs: &'r mut UnwindRegsNative) -> Self {
+        let Walk {
+            first,
+            regs: _,
+            lo,
+            hi,
+            record_first,
+            may_refresh,
+        } = walk;
+        Cursor {
+            state,
+            address: first,
+            regs,
+            lo,
+            hi,
+            records: record_first,
+            refreshed: !may_refresh,
+            signal_frames: 0,
+            use_suffix: may_refresh,
+            n: 0,
+            suffix_hit: false,
+            steps: 0,
+        }
+    }
+
+    /// One step: the previous walk's tail if the rest repeats it, else across a signal frame,
+    /// else record this frame and unwind it to its caller.
+    #[inline(always)]
+    fn step(&mut self, caches: &mut CacheSet, frames: &mut [usize]) -> ControlFlow<()> {
+        if self.use_suffix {
+            self.reuse_cached_tail(&mut caches.suffix, frames)?;
+        }
+        if self.at_signal_frame() {
+            return self.cross_signal_frame();
+        }
+        self.record(frames)?;
+        let lookup = self.known_lookup_address()?;
+        self.unwind_frame(caches, lookup)
+    }
+
+    /// Ends the walk with the previous walk's remaining frames if the suffix cache finds
+    /// that the rest of this walk would repeat them (and feeds it this step otherwise).
+    #[inline(always)]
+    fn reuse_cached_tail(
+        &mut self,
+        suffix: &mut SuffixCache,
+        frames: &mut [usize],
+    ) -> ControlFlow<()> {
+        let (address, lo, hi) = (self.address, self.lo, self.hi);
+        let s = StepState {
+            address: (address.address() << 1) | address.is_return_address() as u64,
+            ip: self.regs.ip(),
+            sp: self.regs.sp(),
+            bp: self.regs.bp(),
+            records: self.records,
+        };
+        // The closures here and in `unwind_frame` hold the bounds by value (`move`), so the
+        // reads they do for every step load no pointer to them first.
+        let Some(tail) = suffix.step(s, self.n, move |a| read_word(a, lo, hi).ok()) else {
+            return ControlFlow::Continue(());
+        };
+        self.suffix_hit = true;
+        let take = tail.len().min(frames.len() - self.n);
+        frames[self.n..self.n + take].copy_from_slice(&tail[..take]);
+        self.n += take;
+        ControlFlow::Break(())
+    }
+
+    /// Whether this frame is a return into the sigreturn trampoline (a kernel signal frame).
+    #[inline(always)]
+    fn at_signal_frame(&self) -> bool {
+        self.address.is_return_address()
+            && self
+                .state
+                .is_sigreturn_trampoline(self.address.address() as usize)
+    }
+
+    /// Continues from the context saved in the signal frame: the interrupted PC (recorded,
+    /// an exact PC) on the stack its `sp` lies on. Ends the walk past [`MAX_SIGNAL_FRAMES`],
+    /// or if the saved registers cannot be read or their stack is unknown.
+    #[inline(always)]
+    fn cross_signal_frame(&mut self) -> ControlFlow<()> {
+        self.signal_frames += 1;
+        let Some(r) = (self.signal_frames <= MAX_SIGNAL_FRAMES)
+            .then(|| signal_frame_regs(self.regs.sp() as usize, self.lo, self.hi))
+            .flatten()
+        else {
+            return ControlFlow::Break(());
+        };
+        let Some((lo, hi)) = bounds::readable_from(r.sp) else {
+            return ControlFlow::Break(());
+        };
+        (self.lo, self.hi) = (lo, hi);
+        self.address = FrameAddress::from_instruction_pointer(r.pc as u64);
+        *self.regs = UnwindRegsNative::new(r.pc as u64, r.sp as u64, r.bp as u64);
+        self.records = true;
+        ControlFlow::Continue(())
+    }
+
+    /// Writes this frame to `frames` (unless it is `capture`'s own); ends the walk if
+    /// `frames` is full.
+    #[inline(always)]
+    fn record(&mut self, frames: &mut [usize]) -> ControlFlow<()> {
+        if self.records {
+            if self.n == frames.len() {
+                return ControlFlow::Break(());
+            }
+            frames[self.n] = self.address.address() as usize;
+            self.n += 1;
+        }
+        self.records = true;
+        ControlFlow::Continue(())
+    }
+
+    /// The address to look this frame's unwind rule up at, once a module holds it: an
+    /// unknown PC refreshes the module list once (from `capture`), else ends the walk.
+    #[inline(always)]
+    fn known_lookup_address(&mut self) -> ControlFlow<(), usize> {
+        let lookup = self.address.address_for_lookup() as usize;
+        if !self.state.is_known(lookup) {
+            if self.refreshed {
+                return ControlFlow::Break(());
+            }
+            self.refreshed = true;
+            match modules::rebuild_if_changed() {
+                Some(s) if s.is_known(lookup) => self.state = s,
+                _ => return ControlFlow::Break(()),
+            }
+        }
+        ControlFlow::Continue(lookup)
+    }
+
+    /// Unwinds this frame with framehop (stack reads bounds-checked, and fed to the suffix
+    /// cache) and moves to the caller's return address; ends the walk if that fails.
+    #[inline(always)]
+    fn unwind_frame(&mut self, caches: &mut CacheSet, lookup: usize) -> ControlFlow<()> {
+        let (lo, hi, use_suffix) = (self.lo, self.hi, self.use_suffix);
+        if use_suffix {
+            self.steps += 1;
+        }
+        let (rules, suffix) = caches.split(lookup as u64);
+        let mut read = move |a: u64| {
+            let v = read_word(a, lo, hi);
+            if use_suffix {
+                suffix.read(a, v.ok());
+            }
+            v
+        };
+        match self
+            .state
+            .unwinder
+            .unwind_frame(self.address, self.regs, rules, &mut read)
+        {
+            Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
+                Some(next) => {
+                    self.address = next;
+                    ControlFlow::Continue(())
+                }
+                None => ControlFlow::Break(()),
+            },
+            _ => ControlFlow::Break(()),
         }
     }
 }
