@@ -8,12 +8,12 @@
 //! hold, crash on a bad stack, or (from a handler) call anything not async-signal-safe.
 //!
 //! # Model
-//! Code built by plain `cargo build --release` has no frame pointers, so the walk uses DWARF
-//! CFI: framehop over the in-memory `.eh_frame_hdr`/`.eh_frame` of every module listed by
+//! Code built by plain `cargo build --release` has no frame pointers, so the walk ([`walk`]) uses
+//! DWARF CFI: framehop over the in-memory `.eh_frame_hdr`/`.eh_frame` of every module listed by
 //! `dl_iterate_phdr` ([`modules`]). Per step framehop looks up the PC's rule in a 509-entry
-//! direct-mapped cache and, on a miss, binary-searches `.eh_frame_hdr` and evaluates the FDE,
-//! with gimli scratch space on the cache, so no step allocates. The cache needs exclusive use;
-//! caches come from a fixed global pool leased without blocking ([`cache_pool`]).
+//! direct-mapped cache and, on a miss, binary-searches `.eh_frame_hdr` and evaluates the FDE, with
+//! gimli scratch space on the cache, so no step allocates. The cache needs exclusive use; caches
+//! come from a fixed global pool leased without blocking ([`cache_pool`]).
 //!
 //! Every stack read is bounds-checked against `[sp, stack top)` of the stack the walk is on
 //! (this thread's stack, from `pthread_getattr_np` once per thread, or the active
@@ -51,14 +51,15 @@ mod cache_pool;
 mod fp;
 mod modules;
 mod suffix;
+mod walk;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use framehop::{FrameAddress, UnwindRegsNative, Unwinder as _};
+use framehop::FrameAddress;
 
 use cache_pool::CacheSet;
 use modules::State;
-use suffix::StepState;
+use walk::Walk;
 
 /// Maximum frames captured; deeper stacks are truncated (the outermost frames are dropped,
 /// see the module docs).
@@ -72,9 +73,6 @@ const DWARF_STACK_NEEDED: usize = if cfg!(debug_assertions) {
 } else {
     32 << 10
 };
-
-/// At most this many signal frames are crossed in one walk (bounds nested signals).
-const MAX_SIGNAL_FRAMES: usize = 8;
 
 /// Counters for the rare paths, shown by the profile writer. Written with relaxed atomics on
 /// the rare paths only (never per frame or per ordinary capture).
@@ -230,38 +228,62 @@ fn capture_from(
         may_refresh: true,
     };
     // framehop is not expected to panic, but a panic must not unwind out of the allocator.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-        || match cache_pool::try_lease(true).or_else(|| {
-            core::hint::spin_loop();
-            cache_pool::try_lease(true)
-        }) {
-            Some(mut lease) => {
-                let w = walk.run(state, lease.cache(), frames);
-                lease.count(w.suffix_hit as u64, w.steps);
-                let n = w.frames;
-                let id = match lease.cache().suffix.memo() {
-                    _ if !wants_id => None,
-                    Some(&mut kept) if kept != 0 => Some(kept),
-                    Some(keep) => {
-                        let id = interned(&frames[..n]);
-                        *keep = id.unwrap_or(0);
-                        id
-                    }
-                    None => interned(&frames[..n]),
-                };
-                (n, id)
-            }
-            None => {
-                POOL_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
-                let mut tmp = CacheSet::new();
-                let w = walk.run(state, &mut tmp, frames);
-                SUFFIX_HITS.fetch_add(w.suffix_hit as u64, Ordering::Relaxed);
-                STEPS.fetch_add(w.steps, Ordering::Relaxed);
-                (w.frames, interned(&frames[..w.frames]))
-            }
-        },
-    ))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        walk_with_cache(walk, state, frames, wants_id, &mut interned)
+    }))
     .unwrap_or((0, None))
+}
+
+/// [`capture_from`]'s DWARF walk, on a pooled cache (one retry if all are busy), else on a
+/// temporary one; counts the walk's suffix statistics and returns what `interned` (or the
+/// suffix cache's memo, [`kept_or_interned`]) gives as the frames' id.
+#[inline(always)]
+fn walk_with_cache(
+    walk: Walk,
+    state: &'static State,
+    frames: &mut [usize],
+    wants_id: bool,
+    interned: &mut impl FnMut(&[usize]) -> Option<u32>,
+) -> (usize, Option<u32>) {
+    let Some(mut lease) = cache_pool::try_lease(true).or_else(|| {
+        core::hint::spin_loop();
+        cache_pool::try_lease(true)
+    }) else {
+        POOL_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
+        let mut tmp = CacheSet::new();
+        let w = walk.run(state, &mut tmp, frames);
+        SUFFIX_HITS.fetch_add(w.suffix_hit as u64, Ordering::Relaxed);
+        STEPS.fetch_add(w.steps, Ordering::Relaxed);
+        return (w.frames, interned(&frames[..w.frames]));
+    };
+    let w = walk.run(state, lease.cache(), frames);
+    lease.count(w.suffix_hit as u64, w.steps);
+    let n = w.frames;
+    if !wants_id {
+        return (n, None);
+    }
+    let id = kept_or_interned(lease.cache().suffix.memo(), &frames[..n], interned);
+    (n, id)
+}
+
+/// The stack-table id of `frames`, the walk just done on a leased cache: the one kept in the
+/// suffix cache's `memo` for its record, else `interned`'s (kept there for the next walk
+/// that repeats this one).
+#[inline(always)]
+fn kept_or_interned(
+    memo: Option<&mut u32>,
+    frames: &[usize],
+    interned: &mut impl FnMut(&[usize]) -> Option<u32>,
+) -> Option<u32> {
+    match memo {
+        Some(&mut kept) if kept != 0 => Some(kept),
+        Some(keep) => {
+            let id = interned(frames);
+            *keep = id.unwrap_or(0);
+            id
+        }
+        None => interned(frames),
+    }
 }
 
 /// Async-signal-safe capture from a signal handler's `ucontext_t`.
@@ -346,175 +368,6 @@ fn current_regs() -> Regs {
         );
     }
     Regs { pc, sp, bp }
-}
-
-/// Read one stack word at `addr` if `[addr, addr + 8)` lies in `[lo, hi)`.
-#[inline(always)]
-fn read_word(addr: u64, lo: usize, hi: usize) -> Result<u64, ()> {
-    let a = usize::try_from(addr).map_err(|_| ())?;
-    if a < lo || a > hi.saturating_sub(8) {
-        return Err(());
-    }
-    // SAFETY: [a, a + 8) is inside [lo, hi), which the walk's caller established as mapped,
-    // readable stack memory of this thread (bounds.rs); unaligned reads are allowed.
-    Ok(unsafe { (a as *const u64).read_unaligned() })
-}
-
-/// One DWARF walk's starting point.
-struct Walk {
-    first: FrameAddress,
-    regs: Regs,
-    /// Readable stack range of the stack the walk is currently on.
-    lo: usize,
-    hi: usize,
-    /// Record `first` as `frames[0]` (handler) or only unwind through it (`capture`'s frame).
-    record_first: bool,
-    /// May refresh the module list on an unknown PC (not in a signal handler).
-    may_refresh: bool,
-}
-
-impl Walk {
-    /// Unwind into `frames`; the result says how many were written. Terminates: every
-    /// iteration records a frame (bounded by `frames.len()`), crosses a signal frame (bounded
-    /// by MAX_SIGNAL_FRAMES), or stops; the first iteration may record nothing.
-    fn run(
-        self,
-        mut state: &'static State,
-        caches: &mut CacheSet,
-        frames: &mut [usize],
-    ) -> WalkResult {
-        let Walk {
-            first,
-            regs,
-            mut lo,
-            mut hi,
-            mut record_first,
-            may_refresh,
-        } = self;
-        let mut address = first;
-        let mut regs = UnwindRegsNative::new(regs.pc as u64, regs.sp as u64, regs.bp as u64);
-        let mut refreshed = !may_refresh;
-        let mut signal_frames = 0;
-        let mut n = 0;
-        let (mut suffix_hit, mut steps) = (false, 0u64);
-        // The suffix cache serves `capture` (not signal handlers, whose walks may start on
-        // a different stack each time and cross signal frames).
-        let use_suffix = may_refresh;
-        if use_suffix {
-            caches.suffix.begin(state as *const State as usize);
-        }
-        loop {
-            let addr = address.address() as usize;
-            if use_suffix {
-                let s = StepState {
-                    address: (address.address() << 1) | address.is_return_address() as u64,
-                    ip: regs.ip(),
-                    sp: regs.sp(),
-                    bp: regs.bp(),
-                    records: record_first,
-                };
-                if let Some(tail) = caches.suffix.step(s, n, |a| read_word(a, lo, hi).ok()) {
-                    suffix_hit = true;
-                    let take = tail.len().min(frames.len() - n);
-                    frames[n..n + take].copy_from_slice(&tail[..take]);
-                    n += take;
-                    break;
-                }
-            }
-            if address.is_return_address() && state.is_sigreturn_trampoline(addr) {
-                signal_frames += 1;
-                let Some(r) = (signal_frames <= MAX_SIGNAL_FRAMES)
-                    .then(|| signal_frame_regs(regs.sp() as usize, lo, hi))
-                    .flatten()
-                else {
-                    break;
-                };
-                let Some((nlo, nhi)) = bounds::readable_from(r.sp) else {
-                    break;
-                };
-                (lo, hi) = (nlo, nhi);
-                address = FrameAddress::from_instruction_pointer(r.pc as u64);
-                regs = UnwindRegsNative::new(r.pc as u64, r.sp as u64, r.bp as u64);
-                record_first = true;
-                continue;
-            }
-            if record_first {
-                if n == frames.len() {
-                    break;
-                }
-                frames[n] = addr;
-                n += 1;
-            }
-            record_first = true;
-            let lookup = address.address_for_lookup() as usize;
-            if !state.is_known(lookup) {
-                if refreshed {
-                    break;
-                }
-                refreshed = true;
-                match modules::rebuild_if_changed() {
-                    Some(s) if s.is_known(lookup) => state = s,
-                    _ => break,
-                }
-            }
-            if use_suffix {
-                steps += 1;
-            }
-            let (rules, suffix) = caches.split(lookup as u64);
-            let mut read = |a: u64| {
-                let v = read_word(a, lo, hi);
-                if use_suffix {
-                    suffix.read(a, v.ok());
-                }
-                v
-            };
-            match state
-                .unwinder
-                .unwind_frame(address, &mut regs, rules, &mut read)
-            {
-                Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
-                    Some(next) => address = next,
-                    None => break,
-                },
-                _ => break,
-            }
-        }
-        if use_suffix {
-            // A walk that crossed a signal frame read memory the record does not cover.
-            caches.suffix.finish(&frames[..n], signal_frames == 0);
-        }
-        WalkResult {
-            frames: n,
-            suffix_hit,
-            steps,
-        }
-    }
-}
-
-/// What [`Walk::run`] did: frames written, and for the suffix statistics whether it reused a
-/// cached tail and how many steps it unwound (counted by the caller, not in shared memory).
-struct WalkResult {
-    frames: usize,
-    suffix_hit: bool,
-    steps: u64,
-}
-
-/// Registers saved in a kernel signal frame. At the trampoline, the unwound `sp` points at the
-/// `ucontext_t` of `struct rt_sigframe` (its `pretcode` word was just popped as the return
-/// address). All reads are bounds-checked; `None` if any is out of range, or the saved `sp`
-/// does not lie above the signal frame when on the same stack.
-fn signal_frame_regs(uc: usize, lo: usize, hi: usize) -> Option<Regs> {
-    let gregs = uc
-        .checked_add(core::mem::offset_of!(libc::ucontext_t, uc_mcontext))?
-        .checked_add(core::mem::offset_of!(libc::mcontext_t, gregs))?;
-    let reg = |i: libc::c_int| read_word(gregs.checked_add(i as usize * 8)? as u64, lo, hi).ok();
-    let r = Regs {
-        pc: reg(libc::REG_RIP)? as usize,
-        sp: reg(libc::REG_RSP)? as usize,
-        bp: reg(libc::REG_RBP)? as usize,
-    };
-    let same_stack = lo <= r.sp && r.sp < hi;
-    (r.pc != 0 && (!same_stack || r.sp > uc)).then_some(r)
 }
 
 #[cfg(test)]
@@ -667,15 +520,5 @@ mod tests {
         assert_eq!(fp::walk(lo + 24, lo, lo + 32, &mut frames, 0), 0);
         // A zero return address ends the walk.
         assert_eq!(fp::walk(lo, lo, lo + 32, &mut frames, 0), 0);
-    }
-
-    #[test]
-    fn signal_frame_regs_checks_bounds() {
-        let buf = [0u64; 8];
-        let lo = buf.as_ptr() as usize;
-        assert!(
-            signal_frame_regs(lo, lo, lo + 64).is_none(),
-            "ucontext larger than range"
-        );
     }
 }

@@ -20,6 +20,7 @@
 
 use core::cell::Cell;
 use core::ffi::{c_int, c_void, CStr};
+use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use framehop::{ExplicitModuleSectionInfo, Module, MustNotAllocateDuringUnwind, UnwinderNative};
@@ -287,16 +288,47 @@ unsafe fn module_from_phdrs(
     // SAFETY: see the caller's contract: dlpi_phnum headers at dlpi_phdr.
     let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
     let base = info.dlpi_addr as usize;
-    let name = if info.dlpi_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: dlpi_name is a NUL-terminated string owned by the loader.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
+    let (tlo, thi, readable) = text_svma(phdrs)?;
+    let text = TextRange {
+        start: base.checked_add(tlo)?,
+        end: base.checked_add(thi)?,
+        readable,
     };
+    let mut section_info = ExplicitModuleSectionInfo::<&'static [u8]> {
+        base_svma: 0,
+        text_svma: Some(tlo as u64..thi as u64),
+        ..Default::default()
+    };
+    // SAFETY: inside the callback the module is loaded and its headers describe its mapping.
+    unsafe { find_eh_frame(phdrs, base, &mut section_info) };
+    // Without unwind data framehop uses its frame-pointer rule inside this module.
+    let module = Module::new(
+        // SAFETY: the loader's dlpi_name, null or NUL-terminated.
+        unsafe { module_name(info) },
+        text.start as u64..text.end as u64,
+        base as u64,
+        section_info,
+    );
+    Some((module, text))
+}
 
-    // Executable range (SVMA) and readability.
+/// The module's path as the loader names it (empty for the executable).
+///
+/// # Safety
+/// `info.dlpi_name` is null or a NUL-terminated string (as `dl_iterate_phdr` passes it).
+unsafe fn module_name(info: &libc::dl_phdr_info) -> String {
+    if info.dlpi_name.is_null() {
+        return String::new();
+    }
+    // SAFETY: dlpi_name is a NUL-terminated string owned by the loader.
+    unsafe { CStr::from_ptr(info.dlpi_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The SVMA range `[lo, hi)` spanning the executable `PT_LOAD` segments, and whether they are
+/// all readable; `None` if there is none.
+fn text_svma(phdrs: &[libc::Elf64_Phdr]) -> Option<(usize, usize, bool)> {
     let (mut tlo, mut thi, mut readable) = (usize::MAX, 0usize, true);
     for p in phdrs
         .iter()
@@ -306,63 +338,59 @@ unsafe fn module_from_phdrs(
         thi = thi.max((p.p_vaddr + p.p_memsz) as usize);
         readable &= p.p_flags & libc::PF_R != 0;
     }
-    if tlo >= thi {
-        return None;
-    }
-    let text = TextRange {
-        start: base.checked_add(tlo)?,
-        end: base.checked_add(thi)?,
-        readable,
-    };
+    (tlo < thi).then_some((tlo, thi, readable))
+}
 
-    // The readable PT_LOAD segment (SVMA range) containing `svma`.
-    let load_containing = |svma: usize| {
-        phdrs.iter().find_map(|p| {
-            let (s, e) = (p.p_vaddr as usize, (p.p_vaddr + p.p_memsz) as usize);
-            (p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_R != 0 && s <= svma && svma < e)
-                .then_some(s..e)
-        })
-    };
+/// The readable `PT_LOAD` segment (SVMA range) containing `svma`.
+fn load_containing(phdrs: &[libc::Elf64_Phdr], svma: usize) -> Option<Range<usize>> {
+    phdrs.iter().find_map(|p| {
+        let (s, e) = (p.p_vaddr as usize, (p.p_vaddr + p.p_memsz) as usize);
+        (p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_R != 0 && s <= svma && svma < e)
+            .then_some(s..e)
+    })
+}
 
-    let mut section_info = ExplicitModuleSectionInfo::<&'static [u8]> {
-        base_svma: 0,
-        text_svma: Some(tlo as u64..thi as u64),
-        ..Default::default()
+/// Sets the `.eh_frame_hdr` and `.eh_frame` of `section_info` (SVMA ranges and mapped
+/// bytes), found from the `PT_GNU_EH_FRAME` header; leaves them unset if either is missing or
+/// does not lie in a readable `PT_LOAD` segment.
+///
+/// # Safety
+/// `phdrs` are the program headers of a loaded module at `base`. The slices are kept as
+/// `'static`: valid while the module stays loaded (see the module docs).
+unsafe fn find_eh_frame(
+    phdrs: &[libc::Elf64_Phdr],
+    base: usize,
+    section_info: &mut ExplicitModuleSectionInfo<&'static [u8]>,
+) {
+    let Some(h) = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME) else {
+        return;
     };
-    if let Some(h) = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME) {
-        let (hdr_svma, hdr_len) = (h.p_vaddr as usize, h.p_memsz as usize);
-        let hdr_load = load_containing(hdr_svma).filter(|r| hdr_svma + hdr_len <= r.end);
-        if let Some(_hdr_load) = hdr_load {
-            // SAFETY: [base+hdr_svma, +hdr_len) lies in a readable PT_LOAD segment of a loaded
-            // module (checked just above); the slice stays valid while it stays loaded.
-            let hdr: &'static [u8] =
-                unsafe { core::slice::from_raw_parts((base + hdr_svma) as *const u8, hdr_len) };
-            let eh = eh_frame_ptr(hdr, hdr_svma as u64).and_then(|eh_svma| {
-                let eh_svma = usize::try_from(eh_svma).ok()?;
-                let load = load_containing(eh_svma)?;
-                Some((eh_svma, load.end - eh_svma))
-            });
-            if let Some((eh_svma, eh_len)) = eh {
-                // SAFETY: [base+eh_svma, +eh_len) is the tail of a readable PT_LOAD segment of
-                // a loaded module (from load_containing). .eh_frame has no length in the
-                // header, so the slice runs to the segment end; FDE offsets come from the hdr.
-                let eh: &'static [u8] =
-                    unsafe { core::slice::from_raw_parts((base + eh_svma) as *const u8, eh_len) };
-                section_info.eh_frame_hdr_svma = Some(hdr_svma as u64..(hdr_svma + hdr_len) as u64);
-                section_info.eh_frame_hdr = Some(hdr);
-                section_info.eh_frame_svma = Some(eh_svma as u64..(eh_svma + eh_len) as u64);
-                section_info.eh_frame = Some(eh);
-            }
-        }
+    let (hdr_svma, hdr_len) = (h.p_vaddr as usize, h.p_memsz as usize);
+    match load_containing(phdrs, hdr_svma) {
+        Some(load) if hdr_svma + hdr_len <= load.end => {}
+        _ => return,
     }
-    // Without unwind data framehop uses its frame-pointer rule inside this module.
-    let module = Module::new(
-        name,
-        text.start as u64..text.end as u64,
-        base as u64,
-        section_info,
-    );
-    Some((module, text))
+    // SAFETY: [base+hdr_svma, +hdr_len) lies in a readable PT_LOAD segment of a loaded
+    // module (checked just above); the slice stays valid while it stays loaded.
+    let hdr: &'static [u8] =
+        unsafe { core::slice::from_raw_parts((base + hdr_svma) as *const u8, hdr_len) };
+    let eh = eh_frame_ptr(hdr, hdr_svma as u64).and_then(|eh_svma| {
+        let eh_svma = usize::try_from(eh_svma).ok()?;
+        let load = load_containing(phdrs, eh_svma)?;
+        Some((eh_svma, load.end - eh_svma))
+    });
+    let Some((eh_svma, eh_len)) = eh else {
+        return;
+    };
+    // SAFETY: [base+eh_svma, +eh_len) is the tail of a readable PT_LOAD segment of a loaded
+    // module (from load_containing). .eh_frame has no length in the header, so the slice
+    // runs to the segment end; FDE offsets come from the hdr.
+    let eh: &'static [u8] =
+        unsafe { core::slice::from_raw_parts((base + eh_svma) as *const u8, eh_len) };
+    section_info.eh_frame_hdr_svma = Some(hdr_svma as u64..(hdr_svma + hdr_len) as u64);
+    section_info.eh_frame_hdr = Some(hdr);
+    section_info.eh_frame_svma = Some(eh_svma as u64..(eh_svma + eh_len) as u64);
+    section_info.eh_frame = Some(eh);
 }
 
 /// Decode `eh_frame_ptr` (the SVMA of `.eh_frame`) from an `.eh_frame_hdr` at `hdr_svma`.

@@ -251,6 +251,17 @@ pub struct Captured {
     pub outcome: Outcome,
 }
 
+impl Captured {
+    /// Thread `tid`, whose stack was not captured, and why.
+    fn without_stack(tid: i32, outcome: Outcome) -> Captured {
+        Captured {
+            tid,
+            frames: Vec::new(),
+            outcome,
+        }
+    }
+}
+
 /// The capture signal's number (`SIGRTMIN + SIGNAL_OFFSET`).
 pub fn signal_number() -> c_int {
     libc::SIGRTMIN() + SIGNAL_OFFSET
@@ -464,11 +475,7 @@ pub fn capture_others(tids: &[i32]) -> Vec<Captured> {
         Err(e) => {
             return tids
                 .iter()
-                .map(|&tid| Captured {
-                    tid,
-                    frames: Vec::new(),
-                    outcome: Outcome::SendFailed(e.clone()),
-                })
+                .map(|&tid| Captured::without_stack(tid, Outcome::SendFailed(e.clone())))
                 .collect();
         }
     };
@@ -482,11 +489,8 @@ pub fn capture_others(tids: &[i32]) -> Vec<Captured> {
         if taken == 0 {
             // Every slot is still held by a handler caught mid-capture in an earlier round.
             for &tid in rest {
-                out.push(Captured {
-                    tid,
-                    frames: Vec::new(),
-                    outcome: Outcome::SendFailed("no free capture slot".into()),
-                });
+                let outcome = Outcome::SendFailed("no free capture slot".into());
+                out.push(Captured::without_stack(tid, outcome));
             }
             break;
         }
@@ -496,10 +500,29 @@ pub fn capture_others(tids: &[i32]) -> Vec<Captured> {
 }
 
 /// One batch of at most [`SLOTS`] threads from the front of `tids`; returns how many it took.
+/// Three phases: signal the threads, wait for their answers, collect them (or time out).
 fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize {
     let timeout = Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed));
+    let (taken, waiting) = signal_threads(sig, round, tids, out);
+    let start = Instant::now();
+    wait_for_answers(round, &waiting, start, timeout);
+    for (slot, tid) in waiting {
+        out.extend(collect(&SLOT[slot], tid, round, start));
+    }
+    taken
+}
+
+/// Phase 1 of a [`batch`]: gives each thread from the front of `tids` a free slot and
+/// signals it, until the slots run out. A thread that is not signalled gets its outcome in
+/// `out` at once (none if it has exited). Returns how many threads were taken, and the
+/// `(slot, tid)` pairs signalled.
+fn signal_threads(
+    sig: c_int,
+    round: u64,
+    tids: &[i32],
+    out: &mut Vec<Captured>,
+) -> (usize, Vec<(usize, i32)>) {
     let precheck = PRECHECK.load(Ordering::Relaxed) != 0;
-    // (slot, tid) pairs signalled in this batch.
     let mut waiting: Vec<(usize, i32)> = Vec::new();
     let mut taken = 0;
     let mut slots = SLOT.iter().enumerate();
@@ -511,49 +534,70 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
             break;
         };
         taken += 1;
-        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"));
-        let status = match status {
-            Ok(s) => s,
-            Err(_) => continue, // gone
-        };
-        let refuse = if precheck && mask_has(&status, "SigBlk:", sig) {
-            Some(Outcome::Blocked)
-        } else if mask_has(&status, "SigPnd:", sig) {
-            Some(Outcome::StillPending)
-        } else {
-            None
-        };
-        if let Some(outcome) = refuse {
-            out.push(Captured {
-                tid,
-                frames: Vec::new(),
-                outcome,
-            });
-            continue;
-        }
-        let s = &SLOT[slot];
-        s.request(round);
-        match send(sig, tid, slot, round) {
-            Ok(()) => waiting.push((slot, tid)),
-            Err(e) => {
-                s.cancel();
-                if e != libc::ESRCH {
-                    out.push(Captured {
-                        tid,
-                        frames: Vec::new(),
-                        outcome: Outcome::SendFailed(format!(
-                            "rt_tgsigqueueinfo: {}",
-                            std::io::Error::from_raw_os_error(e)
-                        )),
-                    });
-                }
-            }
+        match signal_one(sig, round, tid, slot, precheck) {
+            Signal::Sent => waiting.push((slot, tid)),
+            Signal::NotSent(outcome) => out.push(Captured::without_stack(tid, outcome)),
+            Signal::Gone => {}
         }
     }
-    let start = Instant::now();
-    let done = |slot: usize| SLOT[slot].is_done(round);
+    (taken, waiting)
+}
+
+/// What [`signal_one`] did.
+enum Signal {
+    /// The signal is queued; the slot is `REQUESTED`.
+    Sent,
+    /// The thread is not signalled, for this reason; the slot stays free.
+    NotSent(Outcome),
+    /// The thread has exited; the slot stays free.
+    Gone,
+}
+
+/// Asks thread `tid` for a capture into the free `slot`, unless its `/proc` status shows
+/// that it would not answer ([`refusal`]).
+fn signal_one(sig: c_int, round: u64, tid: i32, slot: usize, precheck: bool) -> Signal {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+        return Signal::Gone;
+    };
+    if let Some(outcome) = refusal(&status, sig, precheck) {
+        return Signal::NotSent(outcome);
+    }
+    let s = &SLOT[slot];
+    s.request(round);
+    match send(sig, tid, slot, round) {
+        Ok(()) => Signal::Sent,
+        Err(e) => {
+            s.cancel();
+            if e == libc::ESRCH {
+                return Signal::Gone;
+            }
+            Signal::NotSent(Outcome::SendFailed(format!(
+                "rt_tgsigqueueinfo: {}",
+                std::io::Error::from_raw_os_error(e)
+            )))
+        }
+    }
+}
+
+/// Why a thread whose `/proc/self/task/TID/status` text is `status` is not signalled: it
+/// blocks `sig` (looked at only with `precheck`), or one from an earlier round is still
+/// pending. `None`: signal it.
+fn refusal(status: &str, sig: c_int, precheck: bool) -> Option<Outcome> {
+    if precheck && mask_has(status, "SigBlk:", sig) {
+        Some(Outcome::Blocked)
+    } else if mask_has(status, "SigPnd:", sig) {
+        Some(Outcome::StillPending)
+    } else {
+        None
+    }
+}
+
+/// Phase 2 of a [`batch`]: waits until the slot of every `(slot, tid)` in `waiting` is
+/// `DONE` in `round`, or `timeout` has passed since `start`; yields the CPU at first, then
+/// sleeps 200 µs at a time.
+fn wait_for_answers(round: u64, waiting: &[(usize, i32)], start: Instant, timeout: Duration) {
     let mut spins = 0u32;
-    while !waiting.iter().all(|&(s, _)| done(s)) && start.elapsed() < timeout {
+    while !waiting.iter().all(|&(s, _)| SLOT[s].is_done(round)) && start.elapsed() < timeout {
         spins += 1;
         if spins < 64 {
             std::thread::yield_now();
@@ -561,45 +605,43 @@ fn batch(sig: c_int, round: u64, tids: &[i32], out: &mut Vec<Captured>) -> usize
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-    for (slot, tid) in waiting {
-        let s = &SLOT[slot];
-        if s.take_back(round) {
-            if task_exists(tid) {
-                out.push(Captured {
-                    tid,
-                    frames: Vec::new(),
-                    outcome: Outcome::NoAnswer(start.elapsed()),
-                });
-            }
-            continue;
-        }
-        // DONE, or CAPTURING: a handler is running and finishes without blocking.
-        let grace = Instant::now();
-        while !s.is_done(round) && grace.elapsed() < Duration::from_millis(100) {
-            std::thread::yield_now();
-        }
-        if !s.is_done(round) {
-            // Left CAPTURING; a later round reclaims the slot once DONE.
-            out.push(Captured {
-                tid,
-                frames: Vec::new(),
-                outcome: Outcome::NoAnswer(start.elapsed()),
-            });
-            continue;
-        }
-        let mut frames = s.take_frames();
-        if let Some(leaf) = frames.first_mut() {
-            // The interrupted PC, as a "return address" like the others (text and proto
-            // writers look every entry up at address - 1).
-            *leaf = leaf.wrapping_add(1);
-        }
-        out.push(Captured {
-            tid,
-            frames,
-            outcome: Outcome::Stack,
-        });
+}
+
+/// Phase 3 of a [`batch`], for thread `tid` signalled at `start` to capture into `s`: its
+/// stack if the handler answered. Else no answer: the slot is taken back (nothing is said of
+/// a thread that has exited meanwhile), or a handler caught mid-capture did not finish
+/// within a grace period (the slot is left to a later round).
+fn collect(s: &Slot, tid: i32, round: u64, start: Instant) -> Option<Captured> {
+    let no_answer = || Captured::without_stack(tid, Outcome::NoAnswer(start.elapsed()));
+    if s.take_back(round) {
+        return task_exists(tid).then(no_answer);
     }
-    taken
+    // DONE, or CAPTURING: a handler is running and finishes without blocking.
+    if !finishes_within(s, round, Duration::from_millis(100)) {
+        // Left CAPTURING; a later round reclaims the slot once DONE.
+        return Some(no_answer());
+    }
+    let mut frames = s.take_frames();
+    if let Some(leaf) = frames.first_mut() {
+        // The interrupted PC, as a "return address" like the others (text and proto
+        // writers look every entry up at address - 1).
+        *leaf = leaf.wrapping_add(1);
+    }
+    Some(Captured {
+        tid,
+        frames,
+        outcome: Outcome::Stack,
+    })
+}
+
+/// Waits up to `grace` (yielding the CPU) for the handler capturing into `s` to finish;
+/// whether it did.
+fn finishes_within(s: &Slot, round: u64, grace: Duration) -> bool {
+    let start = Instant::now();
+    while !s.is_done(round) && start.elapsed() < grace {
+        std::thread::yield_now();
+    }
+    s.is_done(round)
 }
 
 #[cfg(test)]
