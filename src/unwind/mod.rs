@@ -1,7 +1,7 @@
 //! Stack unwinder: return addresses of the current thread, for the allocator's sampled path
 //! and the SIGPROF handler.
 //!
-//! Called by: `alloc.rs` ([`capture`], with the allocator's reentrancy guard set, so the
+//! Called by: `alloc/allocator.rs` ([`capture`], with the allocator's reentrancy guard set, so the
 //! allocations of first use go to the inner allocator), the CPU profiler's signal handler
 //! ([`capture_from_ucontext`]), thread-start hooks ([`thread_init`]) and profiler start
 //! ([`global_init`]). Must never: allocate in steady state, wait for a lock another thread can
