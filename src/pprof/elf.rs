@@ -102,6 +102,12 @@ pub fn read_elf(path: &Path) -> io::Result<ElfInfo> {
     Reader::new(f)?.info()
 }
 
+/// [`read_elf`] on the bytes of a file held in memory (the corrupt-file tests).
+#[cfg(test)]
+pub(crate) fn read_elf_bytes(bytes: &[u8]) -> io::Result<ElfInfo> {
+    Reader::new(bytes)?.info()
+}
+
 /// The GNU build ID of `path` as lowercase hex; `""` on any failure (as Go does).
 pub fn build_id(path: &Path) -> String {
     read_elf(path).map(|i| i.build_id_hex()).unwrap_or_default()
@@ -130,14 +136,39 @@ struct Sect {
     entsize: u64,
 }
 
-struct Reader {
-    f: File,
+/// Where an ELF file's bytes are read from: the file itself, or bytes in memory (tests).
+trait Source {
+    /// Fills `buf` with the bytes at offset `off`; an error if the source ends before.
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+}
+
+impl Source for File {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, off)
+    }
+}
+
+impl Source for &[u8] {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let end = off.checked_add(buf.len() as u64);
+        let src = usize::try_from(off)
+            .ok()
+            .zip(end.and_then(|e| usize::try_from(e).ok()))
+            .and_then(|(a, b)| self.get(a..b))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+struct Reader<S> {
+    f: S,
     is64: bool,
     le: bool,
 }
 
-impl Reader {
-    fn new(f: File) -> io::Result<Self> {
+impl<S: Source> Reader<S> {
+    fn new(f: S) -> io::Result<Self> {
         let mut id = [0u8; 16];
         f.read_exact_at(&mut id, 0)?;
         if id[..4] != *b"\x7fELF" {
