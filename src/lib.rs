@@ -84,7 +84,8 @@ pub use ops::dump::{
 };
 pub use ops::env_init::{init_from_env, EnvInit};
 pub use pprof::delta::profile_delta;
-pub use pprof::read::{read_profile, top_table, ProfileData, SampleType, StackSample};
+pub use pprof::read::{read_profile, ProfileData, SampleType, StackSample};
+pub use pprof::top::top_table;
 #[allow(deprecated)]
 pub use profiles::cpu::{
     cpu_profile_rate, set_cpu_profile_rate, start_cpu_profile, stop_cpu_profile,

@@ -59,8 +59,8 @@ impl ElfInfo {
     pub fn file_offset_to_svma(&self, off: u64) -> Option<u64> {
         self.loads
             .iter()
-            .find(|&&(o, _, sz, _)| o <= off && off < o + sz)
-            .map(|&(o, v, _, _)| v + (off - o))
+            .find(|&&(o, _, sz, _)| o <= off && off - o < sz)
+            .and_then(|&(o, v, _, _)| v.checked_add(off - o))
     }
 
     /// File offset of the first executable `PT_LOAD` segment, if any.
@@ -77,7 +77,8 @@ impl ElfInfo {
     pub fn func_symbol(&self, svma: u64) -> Option<(u64, &[u8])> {
         let i = self.funcs.partition_point(|&(v, _, _)| v <= svma);
         let &(v, size, name) = self.funcs.get(i.checked_sub(1)?)?;
-        if size != 0 && svma >= v + size {
+        // `v <= svma` (the partition point): the subtraction cannot wrap.
+        if size != 0 && svma - v >= size {
             return None;
         }
         let tail = self.strtab.get(name as usize..).unwrap_or_default();
@@ -96,10 +97,17 @@ pub fn hex(b: &[u8]) -> String {
         })
 }
 
-/// Reads the build ID, `PT_LOAD` table and function symbols of the ELF file at `path`.
+/// Reads the build ID, `PT_LOAD` table and function symbols of the ELF file at `path`. A file
+/// that is not ELF, or whose headers or tables are corrupt or cut short, gives an
+/// [`io::ErrorKind::InvalidData`] error saying what is wrong.
 pub fn read_elf(path: &Path) -> io::Result<ElfInfo> {
-    let f = File::open(path)?;
-    Reader::new(f)?.info()
+    Reader::new(File::open(path)?)?.info()
+}
+
+/// [`read_elf`] on the bytes of a file held in memory (the corrupt-file tests).
+#[cfg(test)]
+pub(crate) fn read_elf_bytes(bytes: &[u8]) -> io::Result<ElfInfo> {
+    Reader::new(bytes)?.info()
 }
 
 /// The GNU build ID of `path` as lowercase hex; `""` on any failure (as Go does).
@@ -107,8 +115,8 @@ pub fn build_id(path: &Path) -> String {
     read_elf(path).map(|i| i.build_id_hex()).unwrap_or_default()
 }
 
-fn bad(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
 /// Where the program and section header tables are: offset, entry size, entry count.
@@ -130,80 +138,148 @@ struct Sect {
     entsize: u64,
 }
 
-struct Reader {
-    f: File,
+/// Where an ELF file's bytes are read from: the file itself, or bytes in memory (tests).
+trait Source {
+    /// Length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `buf` with the bytes at offset `off`; an error if the source ends before.
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+}
+
+impl Source for File {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, off)
+    }
+}
+
+impl Source for &[u8] {
+    fn len(&self) -> io::Result<u64> {
+        Ok(<[u8]>::len(self) as u64)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let end = off.checked_add(buf.len() as u64);
+        let src = usize::try_from(off)
+            .ok()
+            .zip(end.and_then(|e| usize::try_from(e).ok()))
+            .and_then(|(a, b)| self.get(a..b))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// The `N` bytes at `at` in `b`, if `b` holds them.
+fn field<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// `size` as a table's entry size, if it holds the `min` bytes of the fields read from each
+/// entry (a 0 would also make the entries impossible to step through).
+fn entry_size(table: &str, size: u64, min: u64) -> io::Result<usize> {
+    if size < min {
+        return Err(bad(format!(
+            "ELF {table} entry size {size} is smaller than the {min} bytes of its fields"
+        )));
+    }
+    usize::try_from(size).map_err(|_| bad(format!("ELF {table} entry size {size} too large")))
+}
+
+/// Reads an ELF file through bounds-checked reads only: every table is checked to lie inside
+/// the file before it is read, every field inside its table before it is decoded.
+struct Reader<S> {
+    src: S,
+    /// Length of the file.
+    len: u64,
     is64: bool,
     le: bool,
 }
 
-impl Reader {
-    fn new(f: File) -> io::Result<Self> {
+impl<S: Source> Reader<S> {
+    fn new(src: S) -> io::Result<Self> {
+        let len = src.len()?;
+        if len < 16 {
+            return Err(bad(format!(
+                "not an ELF file: {len} bytes, less than an ELF identification"
+            )));
+        }
         let mut id = [0u8; 16];
-        f.read_exact_at(&mut id, 0)?;
+        src.read_exact_at(&mut id, 0)?;
         if id[..4] != *b"\x7fELF" {
             return Err(bad("not an ELF file"));
         }
         let is64 = match id[4] {
             1 => false,
             2 => true,
-            _ => return Err(bad("bad ELF class")),
+            c => return Err(bad(format!("bad ELF class {c}"))),
         };
         let le = match id[5] {
             1 => true,
             2 => false,
-            _ => return Err(bad("bad ELF data encoding")),
+            d => return Err(bad(format!("bad ELF data encoding {d}"))),
         };
-        Ok(Reader { f, is64, le })
+        Ok(Reader { src, len, is64, le })
     }
 
-    fn bytes(&self, off: u64, len: u64) -> io::Result<Vec<u8>> {
+    /// The `len` bytes at `off`, read only if they lie inside the file and `len` is at most
+    /// `MAX_TABLE_BYTES`; `what` names them in the error.
+    fn bytes(&self, off: u64, len: u64, what: &str) -> io::Result<Vec<u8>> {
         if len > MAX_TABLE_BYTES {
-            return Err(bad("ELF table too large"));
+            return Err(bad(format!("ELF {what} too large: {len} bytes")));
+        }
+        if off.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(bad(format!(
+                "ELF {what} past the end of the file: {len} bytes at offset {off}, file of {} bytes",
+                self.len
+            )));
         }
         let mut v = vec![0u8; len as usize];
-        self.f.read_exact_at(&mut v, off)?;
+        self.src.read_exact_at(&mut v, off)?;
         Ok(v)
     }
 
-    fn u16(&self, b: &[u8], at: usize) -> u64 {
-        let a = [b[at], b[at + 1]];
-        u64::from(if self.le {
+    fn u16(&self, b: &[u8], at: usize) -> Option<u64> {
+        let a = field(b, at)?;
+        Some(u64::from(if self.le {
             u16::from_le_bytes(a)
         } else {
             u16::from_be_bytes(a)
-        })
+        }))
     }
 
-    fn u32(&self, b: &[u8], at: usize) -> u32 {
-        let a = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if self.le {
+    fn u32(&self, b: &[u8], at: usize) -> Option<u32> {
+        let a = field(b, at)?;
+        Some(if self.le {
             u32::from_le_bytes(a)
         } else {
             u32::from_be_bytes(a)
-        }
+        })
     }
 
-    fn u64(&self, b: &[u8], at: usize) -> u64 {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[at..at + 8]);
-        if self.le {
+    fn u64(&self, b: &[u8], at: usize) -> Option<u64> {
+        let a = field(b, at)?;
+        Some(if self.le {
             u64::from_le_bytes(a)
         } else {
             u64::from_be_bytes(a)
-        }
+        })
     }
 
     /// An address-sized field: 8 bytes at `at64` in ELF64, 4 bytes at `at32` in ELF32.
-    fn word(&self, b: &[u8], at64: usize, at32: usize) -> u64 {
+    fn word(&self, b: &[u8], at64: usize, at32: usize) -> Option<u64> {
         if self.is64 {
             self.u64(b, at64)
         } else {
-            u64::from(self.u32(b, at32))
+            self.u32(b, at32).map(u64::from)
         }
     }
 
     /// An ELF header field two bytes wide: at `at64` in ELF64, at `at32` in ELF32.
-    fn half(&self, b: &[u8], at64: usize, at32: usize) -> u64 {
+    fn half(&self, b: &[u8], at64: usize, at32: usize) -> Option<u64> {
         self.u16(b, if self.is64 { at64 } else { at32 })
     }
 
@@ -225,15 +301,18 @@ impl Reader {
 
     /// Where the program and section header tables are, from the file header.
     fn header(&self) -> io::Result<Header> {
-        let eh = self.bytes(0, if self.is64 { 64 } else { 52 })?;
-        Ok(Header {
-            phoff: self.word(&eh, 32, 28),
-            shoff: self.word(&eh, 40, 32),
-            phentsize: self.half(&eh, 54, 42),
-            phnum: self.half(&eh, 56, 44),
-            shentsize: self.half(&eh, 58, 46),
-            shnum: self.half(&eh, 60, 48),
-        })
+        let eh = self.bytes(0, if self.is64 { 64 } else { 52 }, "file header")?;
+        let fields = || {
+            Some(Header {
+                phoff: self.word(&eh, 32, 28)?,
+                shoff: self.word(&eh, 40, 32)?,
+                phentsize: self.half(&eh, 54, 42)?,
+                phnum: self.half(&eh, 56, 44)?,
+                shentsize: self.half(&eh, 58, 46)?,
+                shnum: self.half(&eh, 60, 48)?,
+            })
+        };
+        fields().ok_or_else(|| bad("ELF file header too short"))
     }
 
     /// The program headers' `PT_LOAD` table and `PT_NOTE` areas (file offset, size).
@@ -243,20 +322,31 @@ impl Reader {
         if h.phoff == 0 || h.phnum == 0 {
             return Ok((loads, notes));
         }
-        let ph = self.bytes(h.phoff, h.phentsize * h.phnum)?;
-        for e in ph.chunks_exact(h.phentsize as usize) {
-            let kind = self.u32(e, 0);
-            let off = self.word(e, 8, 4);
-            let vaddr = self.word(e, 16, 8);
-            let filesz = self.word(e, 32, 16);
-            let flags = self.u32(e, if self.is64 { 4 } else { 24 });
+        let what = "program header";
+        let entsize = entry_size(what, h.phentsize, if self.is64 { 56 } else { 32 })?;
+        // Both factors are 16-bit fields: the product fits.
+        let ph = self.bytes(h.phoff, h.phentsize * h.phnum, "program header table")?;
+        for e in ph.chunks_exact(entsize) {
+            let (kind, load) = self
+                .program_header(e)
+                .ok_or_else(|| bad("ELF program header entry too short"))?;
             match kind {
-                PT_LOAD => loads.push((off, vaddr, filesz, flags & PF_X != 0)),
-                PT_NOTE => notes.push((off, filesz)),
+                PT_LOAD => loads.push(load),
+                PT_NOTE => notes.push((load.0, load.2)),
                 _ => {}
             }
         }
         Ok((loads, notes))
+    }
+
+    /// One program header: its type, and its offset, vaddr, file size and executable flag.
+    fn program_header(&self, e: &[u8]) -> Option<(u32, Load)> {
+        let kind = self.u32(e, 0)?;
+        let off = self.word(e, 8, 4)?;
+        let vaddr = self.word(e, 16, 8)?;
+        let filesz = self.word(e, 32, 16)?;
+        let flags = self.u32(e, if self.is64 { 4 } else { 24 })?;
+        Some((kind, (off, vaddr, filesz, flags & PF_X != 0)))
     }
 
     /// The section headers; none if the file has no section header table.
@@ -264,24 +354,43 @@ impl Reader {
         if h.shoff == 0 {
             return Ok(Vec::new());
         }
+        let entsize = entry_size(
+            "section header",
+            h.shentsize,
+            if self.is64 { 64 } else { 40 },
+        )?;
         let shnum = if h.shnum != 0 {
             h.shnum
         } else {
             // Extended numbering: the count is in section 0's sh_size.
-            let s0 = self.bytes(h.shoff, h.shentsize)?;
+            let s0 = self.bytes(h.shoff, h.shentsize, "section header 0")?;
             self.word(&s0, 32, 20)
+                .ok_or_else(|| bad("ELF section header 0 too short"))?
         };
-        let sh = self.bytes(h.shoff, h.shentsize * shnum)?;
-        Ok(sh
-            .chunks_exact(h.shentsize as usize)
-            .map(|e| Sect {
-                kind: self.u32(e, 4),
-                link: self.u32(e, if self.is64 { 40 } else { 24 }),
-                offset: self.word(e, 24, 16),
-                size: self.word(e, 32, 20),
-                entsize: self.word(e, 56, 36),
+        let size = h.shentsize.checked_mul(shnum).ok_or_else(|| {
+            bad(format!(
+                "ELF section header table too large: {shnum} entries of {} bytes",
+                h.shentsize
+            ))
+        })?;
+        let sh = self.bytes(h.shoff, size, "section header table")?;
+        sh.chunks_exact(entsize)
+            .map(|e| {
+                self.section_header(e)
+                    .ok_or_else(|| bad("ELF section header entry too short"))
             })
-            .collect())
+            .collect()
+    }
+
+    /// One section header.
+    fn section_header(&self, e: &[u8]) -> Option<Sect> {
+        Some(Sect {
+            kind: self.u32(e, 4)?,
+            link: self.u32(e, if self.is64 { 40 } else { 24 })?,
+            offset: self.word(e, 24, 16)?,
+            size: self.word(e, 32, 20)?,
+            entsize: self.word(e, 56, 36)?,
+        })
     }
 
     /// The GNU build ID from the first note that holds one: in the `SHT_NOTE` sections, or in
@@ -302,25 +411,24 @@ impl Reader {
             .find_map(|&(off, size)| self.find_build_id(off, size))
     }
 
-    /// The desc of the first `NT_GNU_BUILD_ID` note named `GNU` in the note area at `off`.
+    /// The desc of the first `NT_GNU_BUILD_ID` note named `GNU` in the note area at `off`;
+    /// `None` at the first note that does not fit in the area.
     fn find_build_id(&self, off: u64, size: u64) -> Option<Vec<u8>> {
-        let b = self.bytes(off, size).ok()?;
-        let mut p = 0usize;
-        let align4 = |n: usize| (n + 3) & !3;
-        while p + 12 <= b.len() {
-            let namesz = self.u32(&b, p) as usize;
-            let descsz = self.u32(&b, p + 4) as usize;
-            let kind = self.u32(&b, p + 8);
-            let name_at = p + 12;
-            let desc_at = name_at.checked_add(align4(namesz))?;
-            let end = desc_at.checked_add(align4(descsz))?;
-            if desc_at + descsz > b.len() {
-                return None;
+        let b = self.bytes(off, size, "note area").ok()?;
+        let align4 = |n: usize| n.checked_add(3).map(|n| n & !3);
+        let mut rest = &b[..];
+        while rest.len() >= 12 {
+            let namesz = usize::try_from(self.u32(rest, 0)?).ok()?;
+            let descsz = usize::try_from(self.u32(rest, 4)?).ok()?;
+            let kind = self.u32(rest, 8)?;
+            let name = rest.get(12..12usize.checked_add(namesz)?)?;
+            let desc_at = 12usize.checked_add(align4(namesz)?)?;
+            let desc = rest.get(desc_at..desc_at.checked_add(descsz)?)?;
+            if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
+                return Some(desc.to_vec());
             }
-            if kind == NT_GNU_BUILD_ID && b[name_at..name_at + namesz] == *b"GNU\0" {
-                return Some(b[desc_at..desc_at + descsz].to_vec());
-            }
-            p = end;
+            let next = desc_at.checked_add(align4(descsz)?)?;
+            rest = rest.get(next..).unwrap_or_default();
         }
         None
     }
@@ -337,7 +445,7 @@ impl Reader {
         };
         let funcs = self.func_symbols(t)?;
         let strtab = match sects.get(t.link as usize) {
-            Some(st) => self.bytes(st.offset, st.size)?,
+            Some(st) => self.bytes(st.offset, st.size, "string table")?,
             None => Vec::new(),
         };
         Ok((funcs, strtab))
@@ -345,16 +453,15 @@ impl Reader {
 
     /// The function symbols of table `t`, sorted by value, one per value.
     fn func_symbols(&self, t: &Sect) -> io::Result<Vec<Func>> {
-        let entsize = if t.entsize != 0 {
-            t.entsize
-        } else if self.is64 {
-            24
-        } else {
-            16
-        };
-        let b = self.bytes(t.offset, t.size)?;
+        let min = if self.is64 { 24 } else { 16 };
+        let entsize = entry_size(
+            "symbol table",
+            if t.entsize != 0 { t.entsize } else { min },
+            min,
+        )?;
+        let b = self.bytes(t.offset, t.size, "symbol table")?;
         let mut out: Vec<(u64, u64, u32, bool)> = b
-            .chunks_exact(entsize as usize)
+            .chunks_exact(entsize)
             .filter_map(|e| self.func_entry(e))
             .collect();
         // Aliases at one address: prefer the largest size, then a global, then the lowest
@@ -371,21 +478,29 @@ impl Reader {
 
     /// A symbol table entry that defines a function: (value, size, name offset, global).
     fn func_entry(&self, e: &[u8]) -> Option<(u64, u64, u32, bool)> {
-        let name = self.u32(e, 0);
+        let name = self.u32(e, 0)?;
         let (info, shndx, value, size) = if self.is64 {
-            (e[4], self.u16(e, 6), self.u64(e, 8), self.u64(e, 16))
+            (
+                *e.get(4)?,
+                self.u16(e, 6)?,
+                self.u64(e, 8)?,
+                self.u64(e, 16)?,
+            )
         } else {
             (
-                e[12],
-                self.u16(e, 14),
-                u64::from(self.u32(e, 4)),
-                u64::from(self.u32(e, 8)),
+                *e.get(12)?,
+                self.u16(e, 14)?,
+                u64::from(self.u32(e, 4)?),
+                u64::from(self.u32(e, 8)?),
             )
         };
         let global = info >> 4 != 0; // STB_GLOBAL or STB_WEAK
         (info & 0xf == STT_FUNC && shndx != 0 && value != 0).then_some((value, size, name, global))
     }
 }
+
+#[cfg(test)]
+mod corrupt_tests;
 
 #[cfg(test)]
 mod tests {

@@ -43,10 +43,11 @@ impl MapEntry {
 }
 
 /// Reads and parses `/proc/self/maps`. An unreadable file gives an error; callers turn that
-/// into "no mappings" (Go then writes one fake mapping).
+/// into "no mappings" (Go then writes one fake mapping). A path that is not UTF-8 is kept
+/// with U+FFFD in place of its bad bytes, and the other lines still parse.
 pub fn read_self_maps() -> io::Result<Vec<MapEntry>> {
-    let text = std::fs::read_to_string("/proc/self/maps")?;
-    Ok(parse_maps(&text))
+    let bytes = std::fs::read("/proc/self/maps")?;
+    Ok(parse_maps(&String::from_utf8_lossy(&bytes)))
 }
 
 /// Parses maps text, keeping executable entries only. Malformed lines are skipped.
@@ -97,6 +98,7 @@ fn parse_line(line: &str) -> Option<MapEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const SAMPLE: &str = "\
 55d0c0a00000-55d0c0a40000 r--p 00000000 08:01 1234   /usr/bin/prog
@@ -130,6 +132,77 @@ garbage line
         assert!(m[0].contains(0x55d0c0a40000) && !m[0].contains(0x55d0c0b00000));
         assert!(m[0].is_file() && !m[2].is_file());
         assert!(m[1].raw.ends_with("(deleted)"));
+    }
+
+    /// Every byte of the sample replaced by each of a few characters that matter to the
+    /// parser, and the sample cut after every byte: no panic, and every entry kept is one
+    /// that the rules allow.
+    #[test]
+    fn mutated_lines_parse_or_are_skipped_never_a_panic() {
+        let sample = SAMPLE.as_bytes();
+        let mut inputs: Vec<Vec<u8>> = (0..=sample.len()).map(|n| sample[..n].to_vec()).collect();
+        for at in 0..sample.len() {
+            for c in [
+                " ", "\t", "\n", "-", "x", "0", "f", "+", "\u{e9}", "\u{3000}",
+            ] {
+                let mut b = sample.to_vec();
+                b.splice(at..=at, c.bytes());
+                inputs.push(b);
+            }
+        }
+        for b in &inputs {
+            let text = String::from_utf8_lossy(b);
+            for e in parse_maps(&text) {
+                assert_eq!(e.perms.as_bytes().get(2), Some(&b'x'), "{text}");
+                assert!(e.inode != 0 || !e.path.is_empty(), "{text}");
+                assert!(text.lines().any(|l| l == e.raw), "{text}");
+            }
+        }
+    }
+
+    /// A mapped file whose path is not UTF-8 does not hide the other mappings (it made
+    /// `read_self_maps` fail whole), and keeps its path with U+FFFD for the bad byte.
+    #[test]
+    fn a_path_that_is_not_utf8_keeps_every_mapping() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let prefix = format!("heaprof-maps-{}-", std::process::id());
+        let name = [prefix.as_bytes(), b"\xff"].concat();
+        // Beside this test binary: a directory whose files may be mapped executable.
+        let exe = std::env::current_exe().unwrap();
+        let path = exe.with_file_name(std::ffi::OsStr::from_bytes(&name));
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: a new private read-only mapping of our own file at an address the kernel
+        // picks: no existing memory is touched. It is unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        let maps = read_self_maps();
+        if p != libc::MAP_FAILED {
+            // SAFETY: `p` is the 4096-byte mapping made above; nothing else uses it.
+            unsafe { libc::munmap(p, 4096) };
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert_ne!(p, libc::MAP_FAILED, "{}", io::Error::last_os_error());
+        let maps = maps.unwrap();
+        let e = maps.iter().find(|e| e.contains(p as u64)).unwrap();
+        assert!(
+            e.path.ends_with(&format!("/{prefix}\u{fffd}")),
+            "{}",
+            e.path
+        );
+        let here = a_path_that_is_not_utf8_keeps_every_mapping as fn() as usize as u64;
+        assert!(maps
+            .iter()
+            .any(|e| e.contains(here) && Path::new(&e.path) == exe));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! ([`symbolize`]), `/proc/self/maps` and ELF build IDs ([`maps`], [`elf`]), the legacy
 //! `debug=1` text formats ([`text`]), the leading-frame trimming both apply and the helpers
 //! of trimming policies ([`trim`]), stacks merged and the pseudo-frames ([`stack_groups`]),
-//! the count-profile writer ([`count_writer`]), reading profiles back ([`read`]) and delta
-//! profiles ([`delta`]). Knows no profile kind.
+//! the count-profile writer ([`count_writer`]), reading profiles back ([`read`]), the `top`
+//! table ([`top`]) and delta profiles ([`delta`]). Knows no profile kind.
 //!
 //! Called by the heap, CPU and count profile writers; never by the allocator or a signal
 //! handler (everything here allocates, reads files and may take `backtrace`'s lock).
@@ -20,4 +20,5 @@ pub(crate) mod read;
 pub(crate) mod stack_groups;
 pub mod symbolize;
 pub mod text;
+pub(crate) mod top;
 pub(crate) mod trim;
