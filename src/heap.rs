@@ -65,7 +65,7 @@ struct Stats {
 
 impl Stats {
     fn lines(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut v = vec![
             ("heaprof.sample_rate", config::sample_rate().to_string()),
             (
                 "heaprof.stacks",
@@ -102,7 +102,9 @@ impl Stats {
             ),
             ("heaprof.samples_without_room", self.large.2.to_string()),
             ("heaprof.invalid_frees", self.invalid_frees.to_string()),
-        ]
+        ];
+        v.extend(labels::stat_lines());
+        v
     }
 }
 

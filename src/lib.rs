@@ -28,7 +28,8 @@
 //!   (0 = off): [`set_heap_profile_rate`] (mean bytes between samples),
 //!   [`set_cpu_profile_rate`] (Hz), [`set_block_profile_rate`] (nanoseconds blocked per
 //!   sample); the mutex profile keeps Go's name, [`set_mutex_profile_fraction`] (1 in `n`).
-//! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`].
+//! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`]; with feature
+//!   `tracing`, `heaprof::tracing::LabelLayer` takes them from entered `tracing` spans.
 //! - Operations: [`dump_on_signal`], [`start_dumps`] (on a signal, on heap growth, on RSS),
 //!   [`init_from_env`] (`HEAPROF_*` variables), and with
 //!   feature `http`, `heaprof::http` (Go's `/debug/pprof` endpoints).
@@ -90,6 +91,8 @@ mod tables;
 mod threadcreate;
 mod threads;
 mod tls;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 mod unwind;
 mod waiters;
 
@@ -108,7 +111,7 @@ pub use dump::{
 };
 pub use env_init::{init_from_env, EnvInit};
 pub use error::Error;
-pub use labels::{with_labels, LabelGuard, Labeled, Labels};
+pub use labels::{with_labels, LabelGuard, Labeled, Labels, MAX_LABEL_SETS};
 pub use profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 pub use report::top_table;
 pub use report::{read_profile, ProfileData, SampleType, StackSample};
