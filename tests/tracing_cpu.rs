@@ -19,6 +19,7 @@
 //! the samples for 0.75 of the CPU, run after run.)
 
 mod common;
+mod tenants;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -67,7 +68,7 @@ async fn tenant(iterations: u64, polls: usize, cpu: Arc<AtomicI64>) {
         let t = common::thread_cpu_nanos();
         black_box(burn(black_box(iterations)));
         cpu.fetch_add(common::thread_cpu_nanos() - t, Relaxed);
-        tokio::task::yield_now().await;
+        tenants::hop().await;
     }
 }
 

@@ -111,13 +111,14 @@ fn fields_recorded_later_count_from_then_on() {
         let span = info_span!("req", tenant = field::Empty);
         let _e = span.enter();
         assert_eq!(current(), pairs(&[("span", "req")]));
-        span.record("tenant", "acme");
+        // (`&value`: `record` took a reference before tracing 0.1.36; both accept this.)
+        span.record("tenant", &"acme");
         assert_eq!(current(), pairs(&[("span", "req"), ("tenant", "acme")]));
         // A child created now sees the value.
         info_span!("db").in_scope(|| {
             assert_eq!(current(), pairs(&[("span", "db"), ("tenant", "acme")]));
         });
-        span.record("tenant", "other");
+        span.record("tenant", &"other");
         assert_eq!(current(), pairs(&[("span", "req"), ("tenant", "other")]));
     });
 }

@@ -1,13 +1,17 @@
 //! The tokio workload of the tenant tests (`tracing_tenants.rs` labels each task through a
 //! `tracing` span and the layer, `labeled_tenants.rs` through `heaprof::Labeled`): tasks of
 //! tenants `a` and `b` on a 4-worker runtime allocate known amounts at rate 1, yielding
-//! between allocations so they move between workers, and the heap profile split by
-//! `-tagfocus tenant=…` must show exactly each tenant's bytes, in use and allocated.
+//! between allocations (woken from outside the runtime, so that they move between
+//! workers), and the heap profile split by `-tagfocus tenant=…` must show exactly each
+//! tenant's bytes, in use and allocated.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
+use std::sync::mpsc::{self, Sender};
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
 
 use crate::common;
@@ -77,9 +81,38 @@ async fn tenant_work(block: usize) -> Done {
         if i % 2 == 0 {
             done.kept.push(b);
         }
-        tokio::task::yield_now().await;
+        hop().await;
     }
     done
+}
+
+/// Yields, to be woken by a thread outside the runtime: the task goes to the runtime's
+/// shared queue, and its next poll is on whichever worker takes it. (`yield_now` keeps the
+/// task on its worker in some tokio versions, where no task would ever move.)
+pub async fn hop() {
+    struct Hop(bool);
+    impl Future for Hop {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            waker_thread().send(cx.waker().clone()).unwrap();
+            Poll::Pending
+        }
+    }
+    Hop(false).await
+}
+
+/// The thread that wakes hopping tasks, started on first use.
+fn waker_thread() -> &'static Sender<Waker> {
+    static WAKE: OnceLock<Sender<Waker>> = OnceLock::new();
+    WAKE.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Waker>();
+        std::thread::spawn(move || rx.into_iter().for_each(Waker::wake));
+        tx
+    })
 }
 
 /// Runs every tenant's tasks, each wrapped by `label(tenant name, task)`, on a `WORKERS`-
