@@ -154,7 +154,8 @@ pub(crate) fn replace_current(labels: Labels) -> Labels {
 /// their estimated bytes plus the merge cache's) and `heaprof.label_sets_overflowed`.
 pub(crate) fn stat_lines() -> Vec<(&'static str, String)> {
     let r = registry();
-    let merge_bytes = r.merges.len() * (3 * std::mem::size_of::<u32>() + std::mem::size_of::<usize>());
+    let merge_bytes =
+        r.merges.len() * (3 * std::mem::size_of::<u32>() + std::mem::size_of::<usize>());
     vec![
         (
             "heaprof.label_sets",
@@ -215,6 +216,18 @@ impl Labels {
             merged.push((k.to_string(), v.to_string()));
         }
         Labels { id: intern(merged) }
+    }
+
+    /// The interned id (0 = empty), for the tracing layer's table of span sets.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn id(self) -> u32 {
+        self.id
+    }
+
+    /// The set with interned id `id` (one [`Labels::id`] gave).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn from_id(id: u32) -> Labels {
+        Labels { id }
     }
 
     /// The labels in force on this thread.

@@ -36,7 +36,10 @@ fn overflowed_site() -> Vec<Vec<u8>> {
 
 fn decode_profile(name: &str) -> heaprof::__private::proto::Profile {
     let mut out = Vec::new();
-    heaprof::lookup(name).unwrap().write_to(&mut out, 0).unwrap();
+    heaprof::lookup(name)
+        .unwrap()
+        .write_to(&mut out, 0)
+        .unwrap();
     common::decode(&out)
 }
 
@@ -82,7 +85,11 @@ fn distinct_values_past_the_cap_are_counted_not_kept() {
     }
     let c2 = common::comments(&decode_profile("heap"));
     let (sets2, bytes2, over2) = label_stats(&c2);
-    assert_eq!((sets2, bytes2), (sets1, bytes1), "nothing kept past the cap");
+    assert_eq!(
+        (sets2, bytes2),
+        (sets1, bytes1),
+        "nothing kept past the cap"
+    );
     assert_eq!(over2 - over1, (SPANS - CHECKPOINT) as u64);
     // Without the cap, each request id would have kept its set: bytes1 / sets1 each by the
     // registry's own accounting (at least its pairs' 48 bytes and strings). The process's

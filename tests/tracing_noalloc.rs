@@ -74,6 +74,9 @@ fn entering_a_seen_span_allocates_nothing() {
         let again = allocations(work);
         eprintln!("allocations: {first} on the first pass, {again} after");
         assert!(first > 0, "the counter counts");
-        assert_eq!(again, 0, "allocations per enter/exit once the sets are seen");
+        assert_eq!(
+            again, 0,
+            "allocations per enter/exit once the sets are seen"
+        );
     });
 }

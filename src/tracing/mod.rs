@@ -25,9 +25,11 @@
 //!   [`with_labels`](crate::with_labels) or [`Labeled`](crate::Labeled), of the span entered
 //!   around it) merged with the span's set, the span winning; exiting puts back what was
 //!   there. With nothing in force, or the span's parent in force, that is the span's own set
-//!   (no lookup); other combinations are merged once and then looked up in a cache. Nothing
-//!   is allocated on entry or exit once a combination has been seen, and the allocator's
-//!   paths are untouched: they read the thread's label set id as they always did.
+//!   (no lookup); other combinations are merged once and then looked up in a cache. The
+//!   span's sets are read from a table of atomic words keyed by span id (one load), not from
+//!   its extensions (a registry lookup and a lock). Nothing is allocated on entry or exit
+//!   once a combination has been seen, and the allocator's paths are untouched: they read
+//!   the thread's label set id as they always did.
 //! - Entry and exit are per thread, so a task instrumented with
 //!   [`tracing::Instrument`](::tracing::Instrument) keeps its labels on whichever worker
 //!   polls it.
@@ -38,9 +40,11 @@
 
 mod fields;
 mod stack;
+mod table;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::fmt;
 
 use ::tracing::span::{Attributes, Id, Record};
@@ -51,6 +55,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::labels::{self, Labels};
 use crate::tls::ProfilerGuard;
 use fields::{SpanIds, SpanLabels};
+use table::SpanTable;
 
 /// A `tracing_subscriber` layer that puts the labels of the entered span (its name as
 /// `span`, its recorded fields, its parents') in force on the thread, for heap and CPU
@@ -70,10 +75,23 @@ use fields::{SpanIds, SpanLabels};
 ///     });
 /// });
 /// ```
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct LabelLayer {
     /// The field names kept; `None` keeps every field.
     keep: Option<Box<[Box<str>]>>,
+    /// The sets of the live spans, read on entry.
+    table: SpanTable,
+}
+
+/// The same fields kept, and a table of its own (span ids are a subscriber's own: two
+/// subscribers' spans must not share one).
+impl Clone for LabelLayer {
+    fn clone(&self) -> Self {
+        LabelLayer {
+            keep: self.keep.clone(),
+            table: SpanTable::default(),
+        }
+    }
 }
 
 impl LabelLayer {
@@ -86,19 +104,32 @@ impl LabelLayer {
     /// The labels to put in force when a span with `ids` is entered over `prev`.
     fn applied(prev: Labels, ids: SpanIds) -> Labels {
         if prev == Labels::empty() || prev == ids.parent || prev == ids.full {
-            ids.full
-        } else {
-            labels::merge(prev, ids.full)
+            return ids.full;
+        }
+        thread_local! {
+            /// This thread's last merge (prev, full, merged): a merge never changes, and
+            /// the same one comes back on every poll of a task under the same labels.
+            static LAST_MERGE: Cell<(Labels, Labels, Labels)> =
+                const { Cell::new((Labels::empty(), Labels::empty(), Labels::empty())) };
+        }
+        let last = LAST_MERGE.try_with(Cell::get).ok();
+        match last {
+            Some((p, f, merged)) if p == prev && f == ids.full => merged,
+            _ => {
+                let merged = labels::merge(prev, ids.full);
+                let _ = LAST_MERGE.try_with(|m| m.set((prev, ids.full, merged)));
+                merged
+            }
         }
     }
 }
 
-/// Shows the kept fields (`None`: all of them).
+/// Shows the kept fields (`None`: all of them); the span table is left out.
 impl fmt::Debug for LabelLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LabelLayer")
             .field("fields", &self.keep)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,17 +140,24 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let _guard = ProfilerGuard::enter();
-        let parent = span.parent().map(|p| fields::full_of(&p)).unwrap_or_default();
+        let parent = span
+            .parent()
+            .map(|p| fields::full_of(&p))
+            .unwrap_or_default();
         let mut own = SpanLabels::new(span.name());
         attrs.record(&mut own.visitor(self.keep.as_deref()));
-        own.intern(parent);
+        let ids = own.intern(parent);
         span.extensions_mut().insert(own);
+        self.table.put(id.into_u64(), ids);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let _guard = ProfilerGuard::enter();
-        let parent = span.parent().map(|p| fields::full_of(&p)).unwrap_or_default();
+        let parent = span
+            .parent()
+            .map(|p| fields::full_of(&p))
+            .unwrap_or_default();
         let ids = {
             let mut ext = span.extensions_mut();
             let Some(own) = ext.get_mut::<SpanLabels>() else {
@@ -128,17 +166,25 @@ where
             values.record(&mut own.visitor(self.keep.as_deref()));
             own.intern(parent)
         };
-        if let Some(applied) = stack::update_innermost(id.into_u64(), |prev| {
-            Self::applied(prev, ids)
-        }) {
+        self.table.put(id.into_u64(), ids);
+        if let Some(applied) =
+            stack::update_innermost(id.into_u64(), |prev| Self::applied(prev, ids))
+        {
             labels::replace_current(applied);
         }
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let Some(ids) = span.extensions().get::<SpanLabels>().map(|s| s.ids) else {
-            return;
+        let ids = match self.table.get(id.into_u64()) {
+            Ok(ids) => ids,
+            Err(seen) => {
+                let Some(span) = ctx.span(id) else { return };
+                let Some(ids) = span.extensions().get::<SpanLabels>().map(|s| s.ids) else {
+                    return;
+                };
+                self.table.fill(id.into_u64(), seen, ids);
+                ids
+            }
         };
         // The stack may grow (once per depth per thread), and a merge not seen before
         // interns: heaprof's own memory, not the program's.
@@ -154,5 +200,9 @@ where
         if let Some(restore) = stack::pop(id.into_u64()) {
             labels::replace_current(restore);
         }
+    }
+
+    fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
+        self.table.remove(id.into_u64());
     }
 }

@@ -47,7 +47,11 @@ pub(super) fn pop(span: u64) -> Option<Labels> {
         .try_with(|s| {
             let mut s = s.try_borrow_mut().ok()?;
             let i = s.iter().rposition(|e| e.span == span)?;
-            let e = s.remove(i);
+            let e = if i + 1 == s.len() {
+                s.pop()?
+            } else {
+                s.remove(i)
+            };
             match s.get_mut(i) {
                 None => Some(e.prev),
                 Some(above) => {

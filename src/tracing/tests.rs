@@ -124,6 +124,35 @@ fn fields_recorded_later_count_from_then_on() {
 }
 
 #[test]
+fn a_field_recorded_on_one_thread_applies_on_another() {
+    let subscriber = tracing_subscriber::registry().with(LabelLayer::default());
+    let dispatch = ::tracing::Dispatch::new(subscriber);
+    let span =
+        ::tracing::dispatcher::with_default(&dispatch, || info_span!("req", tenant = field::Empty));
+    let on_worker = |span: &Span| {
+        let span = span.clone();
+        std::thread::spawn(move || span.in_scope(current))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(on_worker(&span), pairs(&[("span", "req")]));
+    span.record("tenant", &"acme");
+    assert_eq!(
+        on_worker(&span),
+        pairs(&[("span", "req"), ("tenant", "acme")])
+    );
+    // More live spans than the table has slots (few distinct sets: the registry is shared
+    // with the crate's other tests): each still gets its own labels.
+    let spans: Vec<Span> = ::tracing::dispatcher::with_default(&dispatch, || {
+        (0..10_000).map(|i| info_span!("s", k = i % 7)).collect()
+    });
+    for (i, s) in spans.iter().enumerate().rev() {
+        let want = pairs(&[("span", "s"), ("k", &(i % 7).to_string())]);
+        s.in_scope(|| assert_eq!(current(), want));
+    }
+}
+
+#[test]
 fn a_child_keeps_its_parents_labels_where_the_parent_is_not_entered() {
     with_layer(LabelLayer::default(), || {
         let child = info_span!("request", tenant = "a").in_scope(|| info_span!("work"));

@@ -141,7 +141,10 @@ pub fn run(label: impl Fn(&'static str, Task) -> Task) -> Vec<u8> {
         "{moved} of {} tasks were polled on more than one worker",
         done.len()
     );
-    assert!(moved > 0, "no task moved between workers: the test shows nothing");
+    assert!(
+        moved > 0,
+        "no task moved between workers: the test shows nothing"
+    );
     let mut out = Vec::new();
     heaprof::write_heap_profile(&mut out).unwrap();
     drop(done);

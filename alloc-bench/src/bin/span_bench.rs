@@ -85,9 +85,8 @@ fn main() {
         .map(|s| s.parse().expect("iterations: a number"))
         .unwrap_or(1_000_000);
     let without = Dispatch::new(tracing_subscriber::registry());
-    let with = Dispatch::new(
-        tracing_subscriber::registry().with(heaprof::tracing::LabelLayer::default()),
-    );
+    let with =
+        Dispatch::new(tracing_subscriber::registry().with(heaprof::tracing::LabelLayer::default()));
     let spans = [Spans::new(&without), Spans::new(&with)];
     // Warm up: the sets are interned, the thread's stacks grown.
     for s in &spans {
