@@ -1,8 +1,9 @@
 //! `/debug/pprof/NAME?seconds=N`: Go's `serveDeltaProfile`. The profile is written now and
 //! again N seconds later, and the answer is the difference ([`crate::profile_delta`]).
 //!
-//! Called on the request's own thread; the wait goes through the request's [`Waiter`], so a
-//! server can end it when the client hangs up or the server stops.
+//! Called on the request's own thread; the wait goes through the request's
+//! [`Waiter`](super::Waiter), so a server can end it when the client hangs up or the server
+//! stops.
 
 use std::time::Duration;
 

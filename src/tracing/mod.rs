@@ -31,7 +31,7 @@
 //!   once a combination has been seen, and the allocator's paths are untouched: they read
 //!   the thread's label set id as they always did.
 //! - Entry and exit are per thread, so a task instrumented with
-//!   [`tracing::Instrument`](::tracing::Instrument) keeps its labels on whichever worker
+//!   [`tracing::Instrument`] keeps its labels on whichever worker
 //!   polls it.
 //! - Label sets are bounded by [`MAX_LABEL_SETS`](crate::MAX_LABEL_SETS): a field with
 //!   unbounded values (a request id) fills the registry, then its spans are labelled
