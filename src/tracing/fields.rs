@@ -21,6 +21,8 @@ pub(super) struct SpanIds {
 /// recorded again replaces its value).
 pub(super) struct SpanLabels {
     own: Vec<(&'static str, String)>,
+    /// Whether `own` changed since the last [`intern`](Self::intern).
+    changed: bool,
     pub ids: SpanIds,
 }
 
@@ -29,6 +31,7 @@ impl SpanLabels {
     pub fn new(name: &'static str) -> Self {
         SpanLabels {
             own: vec![("span", name.to_string())],
+            changed: true,
             ids: SpanIds::default(),
         }
     }
@@ -39,8 +42,12 @@ impl SpanLabels {
     }
 
     /// Interns this span's pairs over `parent` (the parent's full set now) and returns the
-    /// new ids.
+    /// new ids (the same ids, without interning, when nothing changed).
     pub fn intern(&mut self, parent: Labels) -> SpanIds {
+        if !self.changed && parent == self.ids.parent {
+            return self.ids;
+        }
+        self.changed = false;
         let pairs: Vec<(&str, &str)> = self.own.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.ids = SpanIds {
             parent,
@@ -51,9 +58,11 @@ impl SpanLabels {
 
     fn set(&mut self, key: &'static str, value: String) {
         match self.own.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) if slot.1 == value => return,
             Some(slot) => slot.1 = value,
             None => self.own.push((key, value)),
         }
+        self.changed = true;
     }
 }
 
