@@ -2,6 +2,8 @@
 //! wrapped with `tenant=a` and `tenant=b` move between workers, and the heap profile at
 //! rate 1, split by `go tool pprof -tagfocus tenant=…`, shows exactly each tenant's bytes in
 //! use and allocated (`tenants/mod.rs`).
+// tokio is not a dependency under `--cfg loom` (see Cargo.toml).
+#![cfg(not(loom))]
 
 mod common;
 mod tenants;
