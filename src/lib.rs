@@ -28,7 +28,8 @@
 //!   (0 = off): [`set_heap_profile_rate`] (mean bytes between samples),
 //!   [`set_cpu_profile_rate`] (Hz), [`set_block_profile_rate`] (nanoseconds blocked per
 //!   sample); the mutex profile keeps Go's name, [`set_mutex_profile_fraction`] (1 in `n`).
-//! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`].
+//! - Labels on heap and CPU samples: [`with_labels`], [`Labels`], [`Labeled`]; with feature
+//!   `tracing`, `heaprof::tracing::LabelLayer` takes them from entered `tracing` spans.
 //! - Operations: [`dump_on_signal`], [`start_dumps`] (on a signal, on heap growth, on RSS),
 //!   [`init_from_env`] (`HEAPROF_*` variables), and with
 //!   feature `http`, `heaprof::http` (Go's `/debug/pprof` endpoints).
@@ -65,10 +66,12 @@ pub mod __private;
 
 #[cfg(feature = "http")]
 pub use ops::http;
+#[cfg(feature = "tracing")]
+pub use ops::tracing;
 pub use profiles::sync;
 
 pub use alloc::allocator::ProfilingAllocator;
-pub use alloc::labels::{with_labels, LabelGuard, Labeled, Labels};
+pub use alloc::labels::{with_labels, LabelGuard, Labeled, Labels, MAX_LABEL_SETS};
 #[allow(deprecated)]
 pub use api::profile::{lookup, profiles, write_heap_profile, Profile, Tracked};
 #[allow(deprecated)]

@@ -91,11 +91,12 @@ fn the_checker_finds_what_it_must() {
         "base/b.rs",
         "use super::A; use crate::base::a; pub struct B;",
     );
-    write("ops/mod.rs", "pub mod x;");
     write(
         "ops/x.rs",
         "use super::*; pub struct Y; #[cfg(test)] use crate::lib_only;",
     );
+    write("ops/mod.rs", "pub mod x; #[cfg(test)] mod t;");
+    write("ops/t.rs", "use crate::Y;");
     let g = Crate::load(&dir).edges();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(g["base/a"], ["base/b", "ops/x"].map(String::from).into());
@@ -159,7 +160,40 @@ impl Crate {
             src: src.to_path_buf(),
         };
         c.apply_path_attributes();
+        c.drop_test_only_files();
         c
+    }
+
+    /// Leaves out the files of modules declared for tests only (`#[cfg(test)] mod tests;`).
+    fn drop_test_only_files(&mut self) {
+        let mut test_only = Vec::new();
+        for (name, module) in &self.files {
+            let text = std::fs::read_to_string(self.src.join(format!("{name}.rs"))).unwrap();
+            let t = tokens(&text);
+            for i in 0..t.len() {
+                if t[i] == "#"
+                    && t.get(i + 1).map(String::as_str) == Some("[")
+                    && t.get(i + 2).map(String::as_str) == Some("cfg")
+                {
+                    let end = matching(&t, i + 1);
+                    let decl = &t[(end + 1).min(t.len())..];
+                    if !cfg_true(&t[i + 3..end])
+                        && decl.len() >= 3
+                        && decl[0] == "mod"
+                        && decl[2] == ";"
+                    {
+                        let mut m = module.clone();
+                        m.push(decl[1].clone());
+                        test_only.push(m);
+                    }
+                }
+            }
+        }
+        for m in test_only {
+            if let Some(f) = self.modules.remove(&m) {
+                self.files.remove(&f);
+            }
+        }
     }
 
     /// `#[path = "f.rs"] mod m;` in `dir/x.rs` puts `dir/f.rs` at module `x::m`.

@@ -5,7 +5,7 @@
 //! (without `--features peers`: System and heaprof only; the peers' workers are not built)
 //! cargo run -p alloc-bench --release -- [--quick] [--workload NAME[,NAME..]]
 //!     [--config NAME[,NAME..]] [--runs N] [--scale F] [--write-results [--note TEXT]]
-//!     [--sampled] [--accuracy] [--callgrind] [--no-build] [--list]
+//!     [--sampled] [--accuracy] [--callgrind] [--spans] [--no-build] [--list]
 //! ```
 //!
 //! `cargo run` only builds the selected binary, so unless `--no-build` is
@@ -170,6 +170,7 @@ struct Opts {
     sampled: bool,
     accuracy: bool,
     callgrind: bool,
+    spans: bool,
     acc_scale: f64,
 }
 
@@ -178,8 +179,8 @@ fn usage() -> String {
     format!(
         "usage: cargo run -p alloc-bench --release -- [--all] [--quick] [--workload NAME[,NAME..]] \
          [--config NAME[,NAME..]] [--runs N] [--scale F] [--sampled] [--accuracy [--acc-scale F]] \
-         [--callgrind] [--write-results [--note TEXT]] [--no-build] [--list]\n\
-         --all = overhead + --sampled + --accuracy + --callgrind, {ALL_RUNS} rounds, scale {ALL_SCALE}, \
+         [--callgrind] [--spans] [--write-results [--note TEXT]] [--no-build] [--list]\n\
+         --all = overhead + --sampled + --accuracy + --callgrind + --spans, {ALL_RUNS} rounds, scale {ALL_SCALE}, \
          writes RESULTS.md and overhead.svg\n\
          workloads: {}\nconfigs:   {} (bases are added automatically)",
         workloads::ALL.join(", "),
@@ -201,6 +202,7 @@ fn parse_args() -> Result<Opts, String> {
         sampled: false,
         accuracy: false,
         callgrind: false,
+        spans: false,
         acc_scale: 1.0,
     };
     let (mut scale, mut runs, mut all, mut only_extra) = (None, None, false, false);
@@ -216,6 +218,7 @@ fn parse_args() -> Result<Opts, String> {
             "--sampled" => (o.sampled, only_extra) = (true, true),
             "--accuracy" => (o.accuracy, only_extra) = (true, true),
             "--callgrind" => (o.callgrind, only_extra) = (true, true),
+            "--spans" => (o.spans, only_extra) = (true, true),
             "--workload" => {
                 for w in val()?.split(',') {
                     if !workloads::ALL.contains(&w) {
@@ -244,10 +247,10 @@ fn parse_args() -> Result<Opts, String> {
         }
     }
     if all {
-        (o.overhead, o.sampled, o.accuracy, o.callgrind) = (true, true, true, true);
+        (o.overhead, o.sampled, o.accuracy, o.callgrind, o.spans) = (true, true, true, true, true);
         o.write_results = true;
     } else if only_extra {
-        // --sampled / --accuracy / --callgrind alone run just those parts,
+        // --sampled / --accuracy / --callgrind / --spans alone run just those parts,
         // unless a workload or config selection asks for the overhead table.
         o.overhead = !o.workloads.is_empty() || !o.configs.is_empty();
     }
@@ -740,6 +743,16 @@ fn real_main() -> Result<(), String> {
         let table = callgrind_table(&dir)?;
         println!("{table}");
         sections.push(("Instruction counts (callgrind)".into(), table));
+    }
+    if o.spans {
+        // The span_bench binary (built with the workers), run as it is run by hand.
+        let exe = dir.join(format!("span_bench{}", std::env::consts::EXE_SUFFIX));
+        let table = output_of(&exe, "span_bench", "run", Command::new(&exe))?;
+        println!("{table}");
+        sections.push((
+            "Span enter + exit with heaprof::tracing::LabelLayer (span_bench)".into(),
+            table,
+        ));
     }
     let wall = t0.elapsed();
     let load_after = loadavg();

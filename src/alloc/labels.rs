@@ -19,10 +19,31 @@ use crate::base::tls;
 /// One interned, sorted set of (key, value) pairs.
 type Set = Arc<[(String, String)]>;
 
+/// The most distinct label sets a process interns (the empty set not counted), so that a
+/// label with unbounded values (a request id) cannot grow memory without limit. Once
+/// `MAX_LABEL_SETS - 1` sets exist, every new set is replaced by the one set
+/// `heaprof.overflow=label_sets` (the last slot), and each replacement is counted: heap,
+/// allocs and CPU profiles carry `heaprof.label_sets: N of 4096 (B bytes)` and
+/// `heaprof.label_sets_overflowed: K` comments. A set costs about 100 bytes plus its keys and
+/// values, so the registry stays under about 1 MiB with short values.
+pub const MAX_LABEL_SETS: usize = 4096;
+
+/// The set that stands for the sets refused past [`MAX_LABEL_SETS`].
+const OVERFLOW_PAIR: (&str, &str) = ("heaprof.overflow", "label_sets");
+
+/// The most (base, over) merges remembered; the cache is emptied when it is full.
+const MAX_MERGES: usize = 4 * MAX_LABEL_SETS;
+
 struct Registry {
     /// `sets[id - 1]` is label set `id`; id 0 is the empty set.
     sets: Vec<Set>,
     ids: BTreeMap<Set, u32>,
+    /// Sets refused because the registry was full (each refusal counts).
+    overflowed: u64,
+    /// Bytes the sets take (estimated from their lengths; see [`stat_lines`]).
+    bytes: usize,
+    /// `merge(base, over)` results by (base id, over id).
+    merges: BTreeMap<(u32, u32), u32>,
 }
 
 /// The interned sets. A `const` static, not a lazily initialised one: a fork while another
@@ -30,6 +51,9 @@ struct Registry {
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     sets: Vec::new(),
     ids: BTreeMap::new(),
+    overflowed: 0,
+    bytes: 0,
+    merges: BTreeMap::new(),
 });
 static REGISTRY_FORK: crate::base::fork::HeldAcrossFork<Registry> =
     crate::base::fork::HeldAcrossFork::new();
@@ -60,10 +84,91 @@ fn intern(mut pairs: Vec<(String, String)>) -> u32 {
     if let Some(&id) = r.ids.get(&set) {
         return id;
     }
+    if r.sets.len() + 1 >= MAX_LABEL_SETS && set[..] != [overflow_pair()] {
+        r.overflowed += 1;
+        drop(r);
+        return intern(vec![overflow_pair()]);
+    }
+    r.bytes += set_bytes(&set);
     r.sets.push(set.clone());
     let id = r.sets.len() as u32;
     r.ids.insert(set, id);
     id
+}
+
+fn overflow_pair() -> (String, String) {
+    (OVERFLOW_PAIR.0.to_string(), OVERFLOW_PAIR.1.to_string())
+}
+
+/// What a set costs: its pairs and their strings, the `Arc` header, its slot in `sets` and
+/// its entry in `ids` (a B-tree entry taken as a key and value plus a pointer of node).
+fn set_bytes(set: &Set) -> usize {
+    use std::mem::size_of;
+    let strings: usize = set.iter().map(|(k, v)| k.len() + v.len()).sum();
+    strings
+        + size_of_val::<[(String, String)]>(set)
+        + 2 * size_of::<usize>()
+        + 2 * size_of::<Set>()
+        + size_of::<u32>()
+        + size_of::<usize>()
+}
+
+/// `base` with the pairs of `over` added, `over` winning key by key. Interned once per
+/// (base, over) pair, then a lookup that allocates nothing (the tracing layer merges the
+/// labels in force with a span's on entry).
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn merge(base: Labels, over: Labels) -> Labels {
+    if base.id == 0 || base == over {
+        return over;
+    }
+    if over.id == 0 {
+        return base;
+    }
+    if let Some(&id) = registry().merges.get(&(base.id, over.id)) {
+        return Labels { id };
+    }
+    let _guard = tls::ProfilerGuard::enter();
+    let over_pairs = pairs(over.id);
+    let refs: Vec<(&str, &str)> = over_pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let merged = base.with(&refs);
+    let mut r = registry();
+    if r.merges.len() >= MAX_MERGES {
+        r.merges.clear();
+    }
+    r.merges.insert((base.id, over.id), merged.id);
+    merged
+}
+
+/// Puts `labels` in force on this thread and returns the set they replace (the tracing
+/// layer keeps its own stack of them, one entry per entered span).
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn replace_current(labels: Labels) -> Labels {
+    Labels {
+        id: tls::with(|t| t.labels.replace(labels.id)),
+    }
+}
+
+/// The registry's figures as profile comments: `heaprof.label_sets` (sets of the cap, and
+/// their estimated bytes plus the merge cache's) and `heaprof.label_sets_overflowed`.
+pub(crate) fn stat_lines() -> Vec<(&'static str, String)> {
+    let r = registry();
+    let merge_bytes =
+        r.merges.len() * (3 * std::mem::size_of::<u32>() + std::mem::size_of::<usize>());
+    vec![
+        (
+            "heaprof.label_sets",
+            format!(
+                "{} of {} ({} bytes)",
+                r.sets.len(),
+                MAX_LABEL_SETS,
+                r.bytes + merge_bytes
+            ),
+        ),
+        ("heaprof.label_sets_overflowed", r.overflowed.to_string()),
+    ]
 }
 
 /// The pairs of label set `id` (empty for 0 or an unknown id). For profile writers.
@@ -79,7 +184,8 @@ pub(crate) fn pairs(id: u32) -> Set {
 }
 
 /// An interned label set: cheap to copy and to send to another thread (an async task's
-/// labels travel with the task; see [`Labeled`]).
+/// labels travel with the task; see [`Labeled`]). A process interns at most
+/// [`MAX_LABEL_SETS`] distinct sets; past that, new sets become `heaprof.overflow=label_sets`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Labels {
     id: u32,
@@ -111,6 +217,18 @@ impl Labels {
             merged.push((k.to_string(), v.to_string()));
         }
         Labels { id: intern(merged) }
+    }
+
+    /// The interned id (0 = empty), for the tracing layer's table of span sets.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn id(self) -> u32 {
+        self.id
+    }
+
+    /// The set with interned id `id` (one [`Labels::id`] gave).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn from_id(id: u32) -> Labels {
+        Labels { id }
     }
 
     /// The labels in force on this thread.

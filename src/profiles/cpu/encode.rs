@@ -49,6 +49,9 @@ impl Drain {
             after.no_stack_bounds - self.unwind_before.no_stack_bounds,
             after.fp_fallbacks - self.unwind_before.fp_fallbacks,
         ));
+        for (k, v) in labels::stat_lines() {
+            b.add_comment(&format!("{k}: {v}"));
+        }
         let mut rows: Vec<_> = self.agg.into_iter().collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         for ((name, label_set, stack), n) in rows {

@@ -5,7 +5,7 @@
 use crate::alloc::buckets::BucketSnapshot;
 use crate::base::sampler::OBJECT_WEIGHT_ONE;
 use crate::pprof::stack_groups::{merge_by_stack, Frames};
-use crate::{alloc::peak, alloc::sampled_block, alloc::tables, base::config};
+use crate::{alloc::labels, alloc::peak, alloc::sampled_block, alloc::tables, base::config};
 
 use super::HeapView;
 
@@ -32,7 +32,7 @@ pub(super) struct Stats {
 
 impl Stats {
     pub fn lines(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut v = vec![
             ("heaprof.sample_rate", config::sample_rate().to_string()),
             (
                 "heaprof.stacks",
@@ -69,7 +69,9 @@ impl Stats {
             ),
             ("heaprof.samples_without_room", self.large.2.to_string()),
             ("heaprof.invalid_frees", self.invalid_frees.to_string()),
-        ]
+        ];
+        v.extend(labels::stat_lines());
+        v
     }
 }
 
