@@ -10,7 +10,8 @@
 //! and weak-memory outcomes of a few threads and check the protocol's invariant.
 //!
 //! Run the models with
-//! `RUSTFLAGS="--cfg loom" cargo test --release --lib --target-dir target/loom loom_model`.
+//! `RUSTFLAGS="--cfg loom" cargo test --release --lib --target-dir target/loom --features tracing loom_model`
+//! (feature `tracing` for the span table's models).
 
 pub use core::sync::atomic::Ordering;
 

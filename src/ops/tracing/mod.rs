@@ -147,7 +147,9 @@ where
         let mut own = SpanLabels::new(span.name());
         attrs.record(&mut own.visitor(self.keep.as_deref()));
         let ids = own.intern(parent);
-        span.extensions_mut().insert(own);
+        let mut ext = span.extensions_mut();
+        ext.insert(own);
+        // Under the lock, as every put (see `SpanTable::put`).
         self.table.put(id.into_u64(), ids);
     }
 
@@ -164,9 +166,12 @@ where
                 return;
             };
             values.record(&mut own.visitor(self.keep.as_deref()));
-            own.intern(parent)
+            let ids = own.intern(parent);
+            // Under the lock: two records of one span put in the order they wrote, and
+            // after any fill that read the older sets (`SpanTable::put`).
+            self.table.put(id.into_u64(), ids);
+            ids
         };
-        self.table.put(id.into_u64(), ids);
         if let Some(applied) =
             stack::update_innermost(id.into_u64(), |prev| Self::applied(prev, ids))
         {
@@ -179,9 +184,12 @@ where
             Ok(ids) => ids,
             Err(seen) => {
                 let Some(span) = ctx.span(id) else { return };
-                let Some(ids) = span.extensions().get::<SpanLabels>().map(|s| s.ids) else {
+                let ext = span.extensions();
+                let Some(ids) = ext.get::<SpanLabels>().map(|s| s.ids) else {
                     return;
                 };
+                // With the read lock held, so that a record cannot change the sets between
+                // the read and the fill (`SpanTable::fill`).
                 self.table.fill(id.into_u64(), seen, ids);
                 ids
             }
