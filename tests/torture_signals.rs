@@ -126,10 +126,13 @@ fn busy_handler_on_small_altstack() {
         let spent = common::thread_cpu_nanos() - start;
         HANDLER_CPU_NANOS.store(spent as u64, Ordering::Relaxed);
     }
-    // Room for the kernel's frame of this handler and of one nested signal, and a little more.
+    // Room for the kernel's frame of this handler and of one nested signal, and 4 KiB for the
+    // handler's own frames (with less, a SIGPROF landing deep in them cannot even get its
+    // kernel frame, and the kernel kills the process: not what this tests). Still well under
+    // what the SIGPROF handler needs, so every SIGPROF landing in the handler is dropped.
     // SAFETY: getauxval has no preconditions.
     let min = (unsafe { libc::getauxval(libc::AT_MINSIGSTKSZ) } as usize).max(libc::MINSIGSTKSZ);
-    let size = 2 * min + 1536;
+    let size = 2 * min + 4096;
     let stack: &'static mut [u8] = Vec::leak(vec![0u8; size]);
     let ss = libc::stack_t {
         ss_sp: stack.as_mut_ptr().cast(),
