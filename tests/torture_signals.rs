@@ -178,7 +178,10 @@ fn busy_handler_on_small_altstack() {
     // Up to 300 SIGPROFs land in the handler at 1000 Hz; CPU-time timers fire on the
     // scheduler tick (75 at 250 Hz on an idle machine, 26 seen on a loaded one, where the
     // kernel checks them less often). Without the check none is counted lost.
-    assert!(handler_ms >= 300 && lost >= 5, "{handler_ms} ms, {lost} lost");
+    assert!(
+        handler_ms >= 300 && lost >= 5,
+        "{handler_ms} ms, {lost} lost"
+    );
     assert!(
         comments.iter().any(|c| c.contains(&format!(
             "{lost} lost ({lost} of them interrupting a handler"
