@@ -315,18 +315,27 @@ pub fn stack_rlimit() -> Option<usize> {
 /// async-signal-safe, no allocation.
 #[inline(always)]
 pub fn altstack_headroom() -> Option<usize> {
-    let mut ss = core::mem::MaybeUninit::<libc::stack_t>::zeroed();
-    // SAFETY: a null new-stack pointer only queries; `ss` is a valid out-pointer.
-    if unsafe { libc::sigaltstack(core::ptr::null(), ss.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: sigaltstack succeeded and filled `ss` (it was zeroed before in any case).
-    let ss = unsafe { ss.assume_init() };
+    let ss = alt_signal_stack()?;
     if ss.ss_flags & libc::SS_ONSTACK == 0 {
         return None;
     }
     let here = &ss as *const libc::stack_t as usize;
     Some(here.saturating_sub(ss.ss_sp as usize))
+}
+
+/// This thread's alternate signal stack, as `sigaltstack` reports it (`ss_flags` has
+/// `SS_ONSTACK` while the thread runs on it); `None` when it has none or the query fails.
+/// One system call: async-signal-safe, no allocation.
+#[inline(always)]
+pub fn alt_signal_stack() -> Option<libc::stack_t> {
+    let mut ss = core::mem::MaybeUninit::<libc::stack_t>::zeroed();
+    // SAFETY: a null new-stack pointer only queries; `ss` is a valid out-pointer.
+    if unsafe { libc::sigaltstack(core::ptr::null(), ss.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised and filled by the successful call; stack_t is plain data.
+    let ss = unsafe { ss.assume_init() };
+    (ss.ss_flags & libc::SS_DISABLE == 0 && !ss.ss_sp.is_null()).then_some(ss)
 }
 
 /// Installs `handler` for `signo` with `SA_SIGINFO | SA_RESTART` (no `SA_ONSTACK`: the

@@ -95,16 +95,7 @@ fn stack_containing(sp: usize) -> Option<(usize, usize)> {
         return Some((lo, hi));
     }
     // Not on the thread's stack: maybe on the alternate signal stack (SA_ONSTACK handler).
-    let mut ss = MaybeUninit::<libc::stack_t>::zeroed();
-    // SAFETY: a null new-stack pointer only queries; ss is a valid out-pointer.
-    if unsafe { libc::sigaltstack(core::ptr::null(), ss.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: zero-initialised and filled by the successful call; stack_t is plain data.
-    let ss = unsafe { ss.assume_init() };
-    if ss.ss_flags & libc::SS_DISABLE != 0 || ss.ss_sp.is_null() {
-        return None;
-    }
+    let ss = crate::base::sys::alt_signal_stack()?;
     let (alo, ahi) = (
         ss.ss_sp as usize,
         (ss.ss_sp as usize).checked_add(ss.ss_size)?,
