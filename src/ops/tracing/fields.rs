@@ -74,6 +74,12 @@ pub(super) fn full_of<'a, R: LookupSpan<'a>>(span: &SpanRef<'a, R>) -> Labels {
         .unwrap_or_default()
 }
 
+/// The full set of `span`'s parent (empty for a root span): what the span's own pairs
+/// are added to.
+pub(super) fn parent_full_of<'a, R: LookupSpan<'a>>(span: &SpanRef<'a, R>) -> Labels {
+    span.parent().map(|p| full_of(&p)).unwrap_or_default()
+}
+
 /// Records field values as label values: strings as they are, `%x` by `Display`, `?x`
 /// and everything else by `Debug` (numbers and booleans read the same either way).
 pub(super) struct FieldVisitor<'a> {

@@ -140,10 +140,7 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let _guard = ProfilerGuard::enter();
-        let parent = span
-            .parent()
-            .map(|p| fields::full_of(&p))
-            .unwrap_or_default();
+        let parent = fields::parent_full_of(&span);
         let mut own = SpanLabels::new(span.name());
         attrs.record(&mut own.visitor(self.keep.as_deref()));
         let ids = own.intern(parent);
@@ -156,10 +153,7 @@ where
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let _guard = ProfilerGuard::enter();
-        let parent = span
-            .parent()
-            .map(|p| fields::full_of(&p))
-            .unwrap_or_default();
+        let parent = fields::parent_full_of(&span);
         let ids = {
             let mut ext = span.extensions_mut();
             let Some(own) = ext.get_mut::<SpanLabels>() else {
